@@ -1,0 +1,83 @@
+"""Shared helpers of the benchmark scripts: machine description, timing, result files."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import socket
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions(*packages: str) -> dict[str, str | None]:
+    """Installed versions of the named distributions (None when absent)."""
+    found: dict[str, str | None] = {}
+    for name in packages:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def machine() -> dict[str, Any]:
+    """The machine the benchmark ran on: CPU, cores, OS, Python, and the GPU when torch sees one."""
+    info: dict[str, Any] = {
+        "host": socket.gethostname(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "gpu": None,
+    }
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            info["gpu"] = {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+                           "cuda": torch.version.cuda, "capability": f"{props.major}.{props.minor}"}
+    except ImportError:
+        pass
+    return info
+
+
+def time_call(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Wall-clock seconds of fn(): median, min and all repeats, after warm-up calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats, "all_s": times}
+
+
+def write_result(prefix: str, payload: dict[str, Any]) -> Path:
+    """Write payload as benchmarks/results/<prefix>-<host>-<UTC timestamp>.json; returns the path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    host = payload.get("machine", {}).get("host", "host").replace(" ", "_")
+    path = RESULTS / f"{prefix}-{host}-{stamp}.json"
+    payload = {"created_utc": stamp, **payload}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path

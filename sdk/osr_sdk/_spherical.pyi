@@ -15,6 +15,8 @@ Conventions shared by every kernel:
   (u, v), clamping indices to the patch.
 - The accumulator is (H, W, C + 1) float32: channels 0..C-1 hold sum(w * value), channel C holds sum(w).
 - threads: 0 = all hardware threads.
+- synchronize, cuda_mem_info and DeviceArray raise RuntimeError without a visible CUDA device or
+  without the CUDA kernels, ValueError for a device id out of range.
 - *_cuda functions take objects implementing __dlpack__ / __dlpack_device__ on a CUDA device
   (float32, C-contiguous); they run on that device's legacy default stream, asynchronously.
 """
@@ -29,6 +31,12 @@ def has_cuda() -> bool:
 
 def cuda_device_count() -> int:
     """Number of CUDA devices visible (0 without a driver or GPU, or without CUDA kernels)."""
+
+def synchronize(device: int) -> None:
+    """Wait for all work on a CUDA device (cudaDeviceSynchronize); RuntimeError on a CUDA error."""
+
+def cuda_mem_info(device: int) -> tuple[int, int]:
+    """(free, total) bytes of a CUDA device's memory (cudaMemGetInfo)."""
 
 def sample_views_cpu(
     erp: npt.NDArray[np.float32],
@@ -65,6 +73,10 @@ class DeviceArray:
     @property
     def ptr(self) -> int: ...
     def zero_(self) -> None: ...
+    def copy_from_host(self, array: npt.NDArray[np.float32]) -> None:
+        """Copy in a float32, C-contiguous numpy array of the same shape (cudaMemcpy)."""
+    def to_host(self) -> npt.NDArray[np.float32]:
+        """A new float32 numpy array holding the contents (cudaMemcpy; waits for queued work)."""
     def __dlpack__(self, stream: int | None = None, **kwargs: Any) -> Any: ...
     def __dlpack_device__(self) -> tuple[int, int]: ...
 

@@ -1,0 +1,164 @@
+"""The `osr-sdk` command line: upscale images, inspect bundles, render perspective views.
+
+    osr-sdk upscale INPUT... -o OUT [--model BUNDLE] [--providers cuda,cpu] [--batch-size N]
+                    [--projection auto|erp|planar] [--overwrite] [--format png|jpeg|webp|tiff]
+                    [--quality Q]
+    osr-sdk info BUNDLE
+    osr-sdk views [INPUT] -o OUTDIR [--fov-deg 90] [--size 512] [--overwrite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import get_args
+
+import numpy as np
+
+from osr_sdk import imageio
+from osr_sdk.errors import OsrError
+
+SAMPLE_ERP = Path(__file__).resolve().parent / "data" / "sample_erp.jpg"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff"}
+#: (name, yaw_deg, pitch_deg) of the views `osr-sdk views` renders: the six cube directions.
+VIEW_DIRECTIONS = (("front", 0, 0), ("right", 90, 0), ("back", 180, 0), ("left", -90, 0), ("up", 0, 90), ("down", 0, -90))
+
+
+def _inputs(paths: list[str]) -> list[Path]:
+    """Files as given, and the images inside folders (sorted)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            found.append(p)
+    return found
+
+
+def _output_path(source: Path, out: Path, single: bool, scale: int, fmt: str | None) -> Path:
+    if single and out.suffix.lower() in IMAGE_SUFFIXES:
+        return out
+    suffix = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tif"}[fmt.lower()] if fmt else source.suffix
+    return out / f"{source.stem}_x{scale}{suffix}"
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    from osr_sdk.upscaler import Upscaler
+
+    sources = _inputs(args.inputs)
+    if not sources:
+        print("no input images found", file=sys.stderr)
+        return 2
+    providers = args.providers.split(",") if args.providers else None
+    upscaler = Upscaler(args.model, providers=providers, batch_size=args.batch_size)
+    out = Path(args.output)
+    single = len(sources) == 1
+    if not (single and out.suffix.lower() in IMAGE_SUFFIXES):
+        out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for source in sources:
+        target = _output_path(source, out, single, upscaler.scale, args.format)
+        try:
+            _, report = upscaler.upscale_with_report(
+                source, projection=args.projection, progress=not args.quiet, output=target,
+                overwrite=args.overwrite, format=args.format, quality=args.quality)
+        except OsrError as exc:
+            failures += 1
+            print(f"{source}: error: {exc}", file=sys.stderr)
+            continue
+        print(f"{source} → {target}: {report.summary()}")
+    return 1 if failures else 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from osr_runtime import load_bundle
+
+    bundle = load_bundle(args.bundle)
+    m = bundle.manifest
+    print(f"bundle     {bundle.path}")
+    print(f"name       {m.name}  (format {m.format_version}, created {m.created or '?'})")
+    print(f"model      ×{m.scale}, patch {m.patch_size}px, t* = {m.timestep}, ᾱ = {m.alpha_bar:.6f}, "
+          f"latent scaling {m.latent_scaling_factor}, colour fix {m.color_fix}")
+    print(f"precision  {m.precision}, layout {m.layout}")
+    for role, graph in m.graphs.items():
+        ins = ", ".join(f"{t.name}{list(t.shape)}" for t in graph.inputs)
+        outs = ", ".join(f"{t.name}{list(t.shape)}" for t in graph.outputs)
+        print(f"graph      {role:8s} {graph.file}: {ins} → {outs} (opset {graph.opset})")
+    total = sum(f.size for f in m.files)
+    print(f"files      {len(m.files)}, {total / 2**20:.1f} MiB")
+    for key in ("sources", "exporter", "validation"):
+        print(f"{key:10s} {json.dumps(dict(getattr(m, key)), default=str)}")
+    return 0
+
+
+def cmd_views(args: argparse.Namespace) -> int:
+    from osr_sdk import sphere
+
+    source = Path(args.input) if args.input else SAMPLE_ERP
+    img = imageio.read_image(source)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    size = args.size
+    tiles = []
+    for name, yaw, pitch in VIEW_DIRECTIONS:
+        view = sphere.erp_to_perspective(img.pixels, args.fov_deg, yaw, pitch, (size, size), interp="bicubic")
+        view = np.clip(view, 0, 1)
+        tiles.append(view)
+        path = imageio.write_image(imageio.Image(pixels=view), out / f"{source.stem}_{name}.png",
+                                   overwrite=args.overwrite)
+        print(f"wrote {path} (yaw {yaw:+d}°, pitch {pitch:+d}°, fov {args.fov_deg:g}°)")
+    sheet = np.concatenate([np.concatenate(tiles[:3], 1), np.concatenate(tiles[3:], 1)], 0)
+    path = imageio.write_image(imageio.Image(pixels=np.ascontiguousarray(sheet)),
+                               out / f"{source.stem}_views.png", overwrite=args.overwrite)
+    print(f"wrote {path} (front right back / left up down)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from osr_sdk.upscaler import Projection
+
+    parser = argparse.ArgumentParser(prog="osr-sdk", description="360° image super-resolution for the edge")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("upscale", help="upscale images (files or folders)")
+    up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
+    up.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
+    up.add_argument("--model", default=None, help="model bundle folder (default: the embedded model)")
+    up.add_argument("--providers", default=None, help="execution providers in order, e.g. cuda,cpu")
+    up.add_argument("--batch-size", type=int, default=None, help="tiles per model call (default: automatic)")
+    up.add_argument("--projection", choices=get_args(Projection), default="auto",
+                    help="auto: 2:1 images are 360° ERP, others planar")
+    up.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    up.add_argument("--format", choices=[f.lower() for f in imageio.FORMATS], default=None,
+                    help="output format (default: the input's)")
+    up.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (1-100)")
+    up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    up.set_defaults(func=cmd_upscale)
+
+    info = sub.add_parser("info", help="print a model bundle's manifest")
+    info.add_argument("bundle", help="bundle folder")
+    info.set_defaults(func=cmd_info)
+
+    views = sub.add_parser("views", help="render the six cube-direction perspective views of an ERP")
+    views.add_argument("input", nargs="?", default=None, help="ERP image (default: the shipped sample)")
+    views.add_argument("-o", "--output", required=True, help="output folder")
+    views.add_argument("--fov-deg", type=float, default=90.0, help="field of view in degrees")
+    views.add_argument("--size", type=int, default=512, help="view size in pixels")
+    views.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    views.set_defaults(func=cmd_views)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except OsrError as exc:
+        print(f"osr-sdk: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

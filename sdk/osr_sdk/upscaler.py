@@ -20,8 +20,8 @@ from typing import Any, Literal, get_args
 import numpy as np
 import PIL.Image
 
-from osr_runtime import Bundle, load_bundle
-from osr_runtime.session import ProviderSpec, Session
+from osr_runtime import Bundle, Session, load_bundle
+from osr_runtime.session import ProviderSpec
 from osr_sdk import imageio, sphere
 from osr_sdk.errors import InputError, ModelMismatchError, OutputExistsError
 from osr_sdk.imageio import Image
@@ -179,7 +179,7 @@ class Upscaler:
         for batch in self._batches(len(layout), (size, size), progress, "360° patches"):
             patches = sphere.erp_to_tangent(lq, layout, indices=batch)
             merger.add(self.session.run(patches), batch)
-        return np.clip(merger.result(), 0, 1), len(layout)
+        return _clip(merger.result()), len(layout)
 
     def _upscale_erp_on_gpu(self, lq: np.ndarray, layout: sphere.TangentLayout, progress: bool) -> np.ndarray:
         """The 360° path with every patch kept on the GPU: CUDA sampling → IO-bound ONNX Runtime → CUDA merge."""
@@ -200,7 +200,7 @@ class Upscaler:
             _spherical.synchronize(device)  # ONNX Runtime reads on its own stream
             self.session.run_device(patches.ptr, shape, sr.ptr)
             merger.add(sr, batch)
-        return np.clip(merger.result().to_host(), 0, 1)
+        return _clip(merger.result().to_host())
 
     def _upscale_planar(self, lq: np.ndarray, out_hw: tuple[int, int], progress: bool) -> tuple[np.ndarray, int]:
         height, width = out_hw
@@ -214,7 +214,12 @@ class Upscaler:
             tiles = np.stack([bicubic_crop(lq, y, x, tile_h, tile_w, self.scale) for y, x in origins[batch]])
             for (y, x), sr in zip(origins[batch], self.session.run(tiles)):
                 merger.add(sr[:, : height - y, : width - x], y, x)
-        return np.clip(merger.result(), 0, 1), len(origins)
+        return _clip(merger.result()), len(origins)
+
+
+def _clip(pixels: np.ndarray) -> np.ndarray:
+    """Clip to [0, 1] in place (large outputs: no extra copy)."""
+    return np.clip(pixels, 0, 1, out=pixels)
 
 
 def _to_image(image: ImageLike) -> Image:

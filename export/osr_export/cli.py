@@ -1,0 +1,144 @@
+"""``osr-export``: the export stage's command line (``bundle`` and ``mid-timestep``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from osr_runtime.bundle import PRECISIONS, Manifest
+from osr_runtime.errors import OsrError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from osr_export.onestep import COLOR_FIXES
+    from osr_export.pipeline import ExportOptions
+
+    d = ExportOptions()
+    parser = argparse.ArgumentParser(prog="osr-export", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("bundle", help="export a base model + OMGSR-S LoRA into a verified ONNX model bundle")
+    b.add_argument("--base", type=Path, required=True, help="base model folder (diffusers layout)")
+    b.add_argument("--lora", type=Path, required=True,
+                   help="LoRA release folder (unet_lora_adapter/, vae_encoder_lora_adapter/)")
+    b.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    b.add_argument("--precision", choices=PRECISIONS, default=d.precision)
+    b.add_argument("--timestep", type=int, default=d.timestep, help="mid-timestep t* (default %(default)s)")
+    b.add_argument("--alpha-bar", type=float, default=None, help="ᾱ at t* (default: the scheduler's)")
+    b.add_argument("--prompt-embedding", type=Path, default=None,
+                   help="safetensors file with one (1, 77, D) tensor (default: encode --prompt)")
+    b.add_argument("--prompt", default=d.prompt, help="prompt for the text encoder (default: empty)")
+    b.add_argument("--color-fix", choices=COLOR_FIXES, default=d.color_fix)
+    b.add_argument("--name", default=None, help="bundle name (default: <lora folder>-<precision>)")
+    b.add_argument("--scale", type=int, default=d.scale, help="upscaling factor (default %(default)s)")
+    b.add_argument("--patch-size", type=int, default=d.patch_size, help="tile size in pixels (default %(default)s)")
+    b.add_argument("--opset", type=int, default=d.opset, help="ONNX opset, >= 17 (default %(default)s)")
+    b.add_argument("--optimize", action="store_true",
+                   help="run ONNX Runtime's transformer optimizer (model_type unet / vae)")
+    b.add_argument("--allow-pickle", action="store_true",
+                   help="read pickled .bin/.ckpt/.pt checkpoints with torch.load(weights_only=True)")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
+    b.add_argument("--device", default=d.device, help="torch device: auto, cpu, cuda (default %(default)s)")
+    b.add_argument("--seed", type=int, default=d.seed, help="seed of the validation inputs")
+
+    m = sub.add_parser("mid-timestep", help="pick t* by SNR matching on degraded HQ images")
+    m.add_argument("--hq", type=Path, required=True, help="folder of HQ images")
+    m.add_argument("--base", type=Path, required=True, help="base model folder (its VAE and scheduler)")
+    m.add_argument("--scale", type=int, default=4, help="degradation scale (default %(default)s)")
+    m.add_argument("--seed", type=int, default=0, help="degradation/noise seed (default %(default)s)")
+    m.add_argument("--crop", type=int, default=512, help="centre crop size in pixels (default %(default)s)")
+    m.add_argument("--max-images", type=int, default=None, help="use at most this many images")
+    m.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default %(default)s)")
+    m.add_argument("--json", type=Path, default=None, help="also write the result (costs per t) as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "bundle":
+            return _bundle(args)
+        return _mid_timestep(args)
+    except OsrError as exc:
+        print(f"osr-export: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from osr_export.pipeline import STAGES, ExportOptions, export_bundle
+
+    options = ExportOptions(
+        precision=args.precision, timestep=args.timestep, alpha_bar=args.alpha_bar, color_fix=args.color_fix,
+        prompt=args.prompt, prompt_embedding=args.prompt_embedding, name=args.name, scale=args.scale,
+        patch_size=args.patch_size, opset=args.opset, optimize=args.optimize, allow_pickle=args.allow_pickle,
+        overwrite=args.overwrite, device=args.device, seed=args.seed,
+    )
+    start = time.perf_counter()
+    with tqdm(total=len(STAGES), unit="stage", desc="osr-export", file=sys.stderr) as bar:
+        seen: list[str] = []
+
+        def progress(stage: str) -> None:
+            if seen:
+                bar.update(1)
+            seen.append(stage)
+            bar.set_postfix_str(stage)
+
+        result = export_bundle(args.base, args.lora, args.out, options, progress=progress)
+        bar.update(1)
+    print(summary(result.bundle.path, result.manifest, time.perf_counter() - start))
+    return 0
+
+
+def summary(path: Path, m: Manifest, seconds: float) -> str:
+    """The final report of ``osr-export bundle``."""
+    v = m.validation
+    sizes = {f.path: f.size for f in m.files}
+    graphs = " | ".join(
+        f"{g.file} {sum(sizes.get(n, 0) for n in (g.file, *g.external_data)) / 1e6:.1f} MB" for g in m.graphs.values()
+    )
+    folds = v.get("folds", {})
+    lines = [
+        f"bundle   {path}  ({m.name}, {m.precision}, {m.layout} graphs)",
+        f"model    t*={m.timestep}  ᾱ={m.alpha_bar:.6f}  ×{m.scale}  patch {m.patch_size}  colour fix {m.color_fix}",
+        f"graphs   {graphs}",
+        f"folds    max rel err {max(folds.values()) if folds else 0:.2e} (limit {v.get('fold_tolerance', 0):g})",
+    ]
+    if "fp32" in v:
+        errs = ", ".join(f"{k} {e:.2e}" for k, e in v["fp32"]["max_rel_err"].items())
+        lines.append(f"fp32     max rel err {errs} (limit {v['fp32']['limit']:g})")
+    if "optimized" in v:
+        errs = ", ".join(f"{k} {e:.2e}" for k, e in v["optimized"]["max_rel_err"].items())
+        lines.append(f"optim.   max rel err {errs}")
+    if "fp16" in v:
+        lines.append(f"fp16     min PSNR {v['fp16']['min_psnr_db']} dB vs fp32 (limit {v['fp16']['limit_db']:g} dB)")
+    lines.append(f"time     {seconds:.1f} s")
+    return "\n".join(lines)
+
+
+def _mid_timestep(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from osr_export.mid_timestep import compute_mid_timestep
+
+    with tqdm(unit="image", desc="mid-timestep", file=sys.stderr) as bar:
+        result = compute_mid_timestep(args.hq, args.base, scale=args.scale, seed=args.seed, crop=args.crop,
+                                      max_images=args.max_images, device=args.device,
+                                      progress=lambda _name: bar.update(1))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    snr = sum(result.lq_snr) / len(result.lq_snr)
+    print(f"t* = {result.timestep}  (ᾱ = {result.alpha_bar:.6f}) from {len(result.images)} images; "
+          f"mean LQ latent SNR {snr:.3f}; cost {result.cost[result.timestep]:.4g}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

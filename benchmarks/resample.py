@@ -142,6 +142,7 @@ def plot(payload: dict, path: Path) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -151,6 +152,7 @@ def plot(payload: dict, path: Path) -> None:
         names = list(entries)
         ax.barh(names, [entries[n] for n in names], color="tab:blue")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("median time (ms, log scale)")
         ax.set_title(f"{step}: {payload['work'][step]}")
         for i, n in enumerate(names):

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from osr_sdk import sphere
-from osr_sdk.errors import InputError
+from osr_sdk.errors import DeviceError, InputError
 from osr_sdk.sphere import _reference as ref
 from osr_sdk.sphere import ErpMerger, TangentLayout, erp_to_perspective, erp_to_tangent, tangent_layout, tangent_to_erp
 
@@ -259,14 +259,23 @@ def test_bad_layout_and_arguments_raise():
         ErpMerger(layout).result()
 
 
-def test_cuda_input_without_cuda_is_a_clear_error():
-    torch = pytest.importorskip("torch")
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA device is present")
-    from osr_sdk import _spherical
+class FakeCudaArray:
+    """Claims (through the DLPack protocol) to live on a CUDA device."""
 
-    if _spherical.has_cuda():
-        pytest.skip("built with CUDA kernels; without a device torch cannot make CUDA tensors")
+    shape, dtype = (32, 64, 3), "float32"
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (2, 7)
+
+
+def test_cuda_input_without_usable_cuda_is_a_device_error():
+    if sphere.cuda_available():
+        pytest.skip("a CUDA device is present")
+    layout = tangent_layout(32, 64, patch_size=8)
+    with pytest.raises(DeviceError, match="without CUDA kernels|not visible"):
+        erp_to_tangent(FakeCudaArray(), layout)
+    with pytest.raises(DeviceError):
+        erp_to_perspective(FakeCudaArray(), 60, 0, 0, (8, 8))
 
 
 gpu = pytest.mark.gpu

@@ -37,6 +37,8 @@ def cuda_device(x: Any) -> int | None:
                 "(nvcc was not found at install time): pass a numpy array, or reinstall with "
                 "OSR_CUDA=ON and the CUDA toolkit present"
             )
+        if not 0 <= int(device) < _spherical.cuda_device_count():
+            raise DeviceError(f"CUDA device {device} is not visible to osr_sdk (no driver or GPU here?)")
         return int(device)
     if kind == _DLPACK_CPU:
         return None

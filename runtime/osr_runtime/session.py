@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -42,6 +43,8 @@ ALIASES = {
 }
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 GRAPH_ORDER = ("encoder", "unet", "decoder")
+#: (role, inputs, output) of the split graphs, in the order they run.
+GRAPH_IO = (("encoder", ("lq",), "z"), ("unet", ("z",), "x0"), ("decoder", ("x0", "lq"), "sr"))
 #: Conservative device memory per output pixel of one tile (activations of an SD2.1-size VAE
 #: decoder in fp16 dominate); used to pick a batch size from free GPU memory.
 GPU_BYTES_PER_PIXEL = {"fp16": 6_000, "fp32": 12_000}
@@ -225,29 +228,50 @@ class Session:
 
     def run(self, lq: np.ndarray) -> np.ndarray:
         """Super-resolve (N, 3, H, W) float32 tiles in [0, 1] (already at the output size) → sr, same shape."""
+        lq = self._checked(lq)
+        step = self.batch_size(lq.shape[2:])
+        parts = [self._run_batch(lq[i : i + step]) for i in range(0, len(lq), step)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def run_stages(self, lq: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """`run` on one batch (no splitting by `batch_size`), also returning each graph's seconds.
+
+        For benchmarks. Each time is the wall clock of one ONNX Runtime run, which is synchronous
+        (ORT waits for the device at the end of a run). On a CUDA provider the tiles are uploaded
+        before and the result downloaded after the timed runs, and the graphs are chained with IO
+        binding, so the times are device-side graph times plus launch overhead, without transfers.
+        """
+        seconds: dict[str, float] = {}
+        return self._run_batch(self._checked(lq), seconds), seconds
+
+    def _checked(self, lq: np.ndarray) -> np.ndarray:
         lq = np.asarray(lq)
         self.check_input(lq.shape)
         if lq.dtype != np.float32:
             raise OsrError(f"lq must be float32, got {lq.dtype}")
         if not np.isfinite(lq).all():
             raise OsrError("lq contains NaN or Inf values")
-        lq = np.ascontiguousarray(lq)
-        step = self.batch_size(lq.shape[2:])
-        parts = [self._run_batch(lq[i : i + step]) for i in range(0, len(lq), step)]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return np.ascontiguousarray(lq)
 
-    def _run_batch(self, lq: np.ndarray) -> np.ndarray:
+    def _run_batch(self, lq: np.ndarray, seconds: dict[str, float] | None = None) -> np.ndarray:
         if self.device == "cpu":
-            z = self._sessions["encoder"].run(["z"], {"lq": lq})[0]
-            x0 = self._sessions["unet"].run(["x0"], {"z": z})[0]
-            return self._sessions["decoder"].run(["sr"], {"x0": x0, "lq": lq})[0]
+            values = {"lq": lq}
+            for role, inputs, target in GRAPH_IO:
+                start = time.perf_counter()
+                values[target] = self._sessions[role].run([target], {name: values[name] for name in inputs})[0]
+                if seconds is not None:
+                    seconds[role] = time.perf_counter() - start
+            return values["sr"]
         lq_dev = ort.OrtValue.ortvalue_from_numpy(lq, "cuda", self.device_id)
-        return self._chain_on_device(lambda b: b.bind_ortvalue_input("lq", lq_dev)).numpy()
+        return self._chain_on_device(lambda b: b.bind_ortvalue_input("lq", lq_dev), seconds=seconds).numpy()
 
-    def run_device(self, lq_ptr: int, shape: tuple[int, int, int, int], out_ptr: int) -> None:
+    def run_device(
+        self, lq_ptr: int, shape: tuple[int, int, int, int], out_ptr: int, seconds: dict[str, float] | None = None
+    ) -> None:
         """Run on CUDA buffers (float32, C-contiguous, on this session's device): lq → out.
 
         For callers that keep tiles on the GPU (the SDK's 360° path); pointers are device addresses.
+        With `seconds`, each graph's time is stored in it by role, as `run_stages` does.
         """
         if self.device != "cuda":
             raise OsrError("run_device needs a session on a CUDA provider")
@@ -257,26 +281,34 @@ class Session:
         def bind_lq(binding: ort.IOBinding) -> None:
             binding.bind_input("lq", "cuda", self.device_id, np.float32, dims, lq_ptr)
 
-        self._chain_on_device(bind_lq, out=(dims, out_ptr))
+        self._chain_on_device(bind_lq, out=(dims, out_ptr), seconds=seconds)
 
     def _chain_on_device(
-        self, bind_lq: Callable[[ort.IOBinding], None], out: tuple[list[int], int] | None = None
+        self, bind_lq: Callable[[ort.IOBinding], None], out: tuple[list[int], int] | None = None,
+        seconds: dict[str, float] | None = None,
     ) -> ort.OrtValue:
-        """encoder → unet → decoder with every intermediate on the device (IO binding)."""
+        """encoder → unet → decoder with every intermediate on the device (IO binding).
+
+        With `seconds`, each graph's run is timed (synchronised on its outputs) into it by role.
+        """
         did = self.device_id
         value = None
-        for role, source, target in (("encoder", "lq", "z"), ("unet", "z", "x0"), ("decoder", "x0", "sr")):
+        for role, inputs, target in GRAPH_IO:
             session = self._sessions[role]
             binding = session.io_binding()
-            if role != "unet":
+            if "lq" in inputs:
                 bind_lq(binding)
-            if value is not None:
-                binding.bind_ortvalue_input(source, value)
-            if role == "decoder" and out is not None:
+            if value is not None:  # the previous graph's output, still on the device
+                binding.bind_ortvalue_input(inputs[0], value)
+            if target == "sr" and out is not None:
                 binding.bind_output(target, "cuda", did, np.float32, out[0], out[1])
             else:
                 binding.bind_output(target, "cuda", did)
+            start = time.perf_counter()
             session.run_with_iobinding(binding)
+            if seconds is not None:
+                binding.synchronize_outputs()
+                seconds[role] = time.perf_counter() - start
             value = binding.get_outputs()[0]
         return value
 

@@ -5,6 +5,8 @@
                     [--quality Q]
     osr-sdk info BUNDLE
     osr-sdk views [INPUT] -o OUTDIR [--fov-deg 90] [--size 512] [--overwrite]
+    osr-sdk bench BUNDLE [--providers cuda,cpu] [--batch-sizes 1,2,4] [--repeats 5] [--warmup 1]
+                  [--lq-height 512] [--input ERP] [--out-dir benchmarks/results] [--no-plot]
 """
 
 from __future__ import annotations
@@ -116,6 +118,26 @@ def cmd_views(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from osr_sdk.bench import format_table, run_bench
+
+    try:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        print(f"osr-sdk: error: --batch-sizes must be integers separated by commas, got {args.batch_sizes!r}",
+              file=sys.stderr)
+        return 2
+    providers = args.providers.split(",") if args.providers else None
+    result, json_path, png_path = run_bench(
+        args.bundle, providers=providers, batch_sizes=batch_sizes, repeats=args.repeats, warmup=args.warmup,
+        lq_height=args.lq_height, input_path=args.input, out_dir=args.out_dir, plot=not args.no_plot)
+    print(format_table(result))
+    print(f"wrote {json_path}")
+    if png_path is not None:
+        print(f"wrote {png_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from osr_sdk.upscaler import Projection
 
@@ -148,6 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     views.add_argument("--size", type=int, default=512, help="view size in pixels")
     views.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     views.set_defaults(func=cmd_views)
+
+    bench = sub.add_parser("bench", help="time each stage of a whole 360° job (and per tile) for a bundle")
+    bench.add_argument("bundle", help="bundle folder")
+    bench.add_argument("--providers", default=None, help="execution providers in order, e.g. cuda,cpu "
+                       "(default: TensorRT → CUDA → CPU, those available)")
+    bench.add_argument("--batch-sizes", default="1,2,4", help="tiles per model call to measure (default %(default)s)")
+    bench.add_argument("--repeats", type=int, default=5, help="timed repeats; medians are reported (default %(default)s)")
+    bench.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs (default %(default)s)")
+    bench.add_argument("--lq-height", type=int, default=512,
+                       help="LQ ERP height; the job is (2H)×H → ×scale (default %(default)s: 1024×512 → 4096×2048)")
+    bench.add_argument("--input", default=None, help="ERP image to resize into the LQ (default: the shipped sample)")
+    bench.add_argument("--out-dir", default="benchmarks/results", help="folder for the JSON and PNG (default %(default)s)")
+    bench.add_argument("--no-plot", action="store_true", help="no PNG plot")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -1,0 +1,99 @@
+"""Training of the small one-step model (`osr_export.train`) and its export to a bundle."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("diffusers")
+pytest.importorskip("onnxruntime")
+
+from osr_export.train import (
+    MODEL_SIZES,
+    OneStepTrainModel,
+    TrainConfig,
+    alpha_bar,
+    find_images,
+    train,
+)
+from PIL import Image
+
+
+def _write_images(folder: Path, n: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for i in range(n):
+        yy, xx = np.mgrid[0:72, 0:88]
+        img = np.stack([np.sin(xx / (3 + i)), np.cos(yy / 5), np.sin((xx + yy) / 7)], -1) * 100 + 128
+        img = np.clip(img + rng.normal(0, 5, img.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"img{i}.png")
+    return folder
+
+
+def test_alpha_bar_matches_sd21() -> None:
+    assert abs(alpha_bar(273) - 0.635743) < 1e-6  # DESIGN.md §3
+
+
+def test_find_images_excludes_evaluation_sets(tmp_path: Path) -> None:
+    for rel in ("sr/Set14/a.png", "sr/BSD100/b.png", "sr/T91/c.bmp", "erp/pannellum_examplepano.jpg",
+                "erp/other.jpg", "sr/notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    found = [p.relative_to(tmp_path).as_posix() for p in find_images([tmp_path])]
+    assert found == ["erp/other.jpg", "sr/T91/c.bmp"]
+
+
+def test_train_resume_and_export(tmp_path: Path) -> None:
+    from osr_export.pipeline import ExportOptions, export_bundle
+
+    data = _write_images(tmp_path / "data")
+    config = TrainConfig(data=(str(data),), out=str(tmp_path / "run"), size="tiny", crop=32, batch_size=2,
+                         max_steps=3, warmup_steps=1, workers=0, log_every=1, checkpoint_every=2, device="cpu")
+    first = train(config)
+    assert first.step == 3 and first.finished
+    log = tmp_path / "run" / "log.jsonl"
+    lines = [json.loads(s) for s in log.read_text().splitlines()]
+    assert [e["step"] for e in lines] == [1, 2, 3]
+    assert all(np.isfinite(e["loss"]) and {"l1", "ssim", "latent", "recon", "kl", "lr"} <= set(e) for e in lines)
+
+    # resume: the step count and the log continue
+    second = train(replace(config, max_steps=5))
+    assert second.step == 5 and second.finished
+    assert [json.loads(s)["step"] for s in log.read_text().splitlines()] == [1, 2, 3, 4, 5]
+    # a time limit of 0 stops at once, keeping the checkpoint's step
+    assert train(replace(config, max_steps=9, time_limit_s=0.0)).step == 5
+
+    model = second.model_dir
+    assert {p.name for p in model.iterdir()} >= {"unet", "vae", "scheduler", "prompt_embedding.safetensors"}
+    result = export_bundle(model, None, tmp_path / "bundle",
+                           ExportOptions(prompt_embedding=model / "prompt_embedding.safetensors",
+                                         validation_sizes=((1, 32, 32),), name="tiny-trained"))
+    m = result.manifest
+    assert m.timestep == 273 and abs(m.alpha_bar - alpha_bar(273)) < 1e-7 and m.name == "tiny-trained"
+    assert m.sources["lora"] is None and m.sources["prompt_embedding"]["kind"] == "file"
+    assert max(m.validation["fp32"]["max_rel_err"].values()) <= 1e-4
+
+
+def test_train_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from osr_export.cli import main
+
+    data = _write_images(tmp_path / "data", n=1)
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--size", "tiny", "--crop", "32",
+            "--batch-size", "1", "--max-steps", "2", "--workers", "0", "--log-every", "1", "--device", "cpu",
+            "--w-ssim", "0", "--prompt", "zero"]
+    assert main(args) == 0
+    assert "step 2/2 finished" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["size"] == "tiny" and saved["prompt"] == "zero" and saved["w_ssim"] == 0.0
+    assert saved["exclude"] == ["Set14", "BSD100", "pannellum_examplepano.jpg"]
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r2")]) == 1
+
+
+def test_edge_size_fits_the_bundle_budget() -> None:
+    model = OneStepTrainModel(MODEL_SIZES["edge"], 273)
+    params = sum(p.numel() for p in model.parameters())
+    assert params * 2 <= 18e6  # fp16 bytes, under the 20 MB bundle limit with room for the folded constants

@@ -5,25 +5,15 @@ from __future__ import annotations
 import datetime as _dt
 import importlib.metadata
 import json
-import os
-import platform
-import socket
 import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from osr_runtime.nvml import Nvml
+from osr_sdk.bench import machine_info
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def versions(*packages: str) -> dict[str, str | None]:
@@ -38,26 +28,9 @@ def versions(*packages: str) -> dict[str, str | None]:
 
 
 def machine() -> dict[str, Any]:
-    """The machine the benchmark ran on: CPU, cores, OS, Python, and the GPU when torch sees one."""
-    info: dict[str, Any] = {
-        "host": socket.gethostname(),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "gpu": None,
-    }
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(0)
-            info["gpu"] = {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
-                           "cuda": torch.version.cuda, "capability": f"{props.major}.{props.minor}"}
-    except ImportError:
-        pass
-    return info
+    """The machine the benchmark ran on: CPU, cores, OS, Python, and GPU 0 (via NVML) when present."""
+    with Nvml(0) as nvml:
+        return machine_info(nvml.info())
 
 
 def time_call(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, float]:

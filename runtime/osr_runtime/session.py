@@ -17,7 +17,6 @@ silent fallback; `Session.providers_in_use` says which provider really runs each
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import time
@@ -30,6 +29,7 @@ import onnxruntime as ort
 
 from osr_runtime.bundle import Bundle, load_bundle
 from osr_runtime.errors import OsrError, ProviderUnavailableError
+from osr_runtime.nvml import Nvml
 
 __all__ = ["Session", "ProviderSpec", "default_providers", "normalize_providers", "cache_dir"]
 
@@ -130,25 +130,9 @@ def _option_value(value: Any) -> str:
 
 def _free_gpu_bytes(device_id: int) -> int | None:
     """Free memory of a GPU through NVML (part of the NVIDIA driver), or None when unknown."""
-    try:
-        nvml = ctypes.CDLL("libnvidia-ml.so.1")
-    except OSError:
-        return None
-
-    class Memory(ctypes.Structure):
-        _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
-
-    handle, memory = ctypes.c_void_p(), Memory()
-    if nvml.nvmlInit_v2() != 0:
-        return None
-    try:
-        if nvml.nvmlDeviceGetHandleByIndex_v2(device_id, ctypes.byref(handle)) != 0:
-            return None
-        if nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(memory)) != 0:
-            return None
-        return int(memory.free)
-    finally:
-        nvml.nvmlShutdown()
+    with Nvml(device_id) as nvml:
+        memory = nvml.memory()
+    return None if memory is None else memory["free"]
 
 
 class Session:

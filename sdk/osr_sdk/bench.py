@@ -24,7 +24,6 @@ importable. No torch: this runs on the edge install.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import datetime as _dt
 import gc
@@ -44,7 +43,9 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
+
 from osr_runtime import load_bundle
+from osr_runtime.nvml import Nvml
 from osr_runtime.session import ProviderSpec
 
 from osr_sdk import imageio, sphere
@@ -63,62 +64,10 @@ DEFAULT_OUT_DIR = Path("benchmarks") / "results"
 # NVML (the NVIDIA driver's management library), through ctypes: GPU name, driver, memory
 
 
-class _Nvml:
-    """A minimal NVML client; `available` is False without the driver library or a device."""
-
-    class _Memory(ctypes.Structure):
-        _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
-
-    def __init__(self, device_id: int = 0) -> None:
-        self.available = False
-        self._handle = ctypes.c_void_p()
-        try:
-            self._lib = ctypes.CDLL("libnvidia-ml.so.1")
-        except OSError:
-            return
-        if self._lib.nvmlInit_v2() != 0:
-            return
-        if self._lib.nvmlDeviceGetHandleByIndex_v2(int(device_id), ctypes.byref(self._handle)) != 0:
-            self._lib.nvmlShutdown()
-            return
-        self.available = True
-
-    def _string(self, fn: Callable[..., int], *args: Any) -> str | None:
-        buf = ctypes.create_string_buffer(256)
-        return buf.value.decode() if fn(*args, buf, ctypes.c_uint(256)) == 0 else None
-
-    def info(self) -> dict[str, Any] | None:
-        if not self.available:
-            return None
-        memory = self._Memory()
-        self._lib.nvmlDeviceGetMemoryInfo(self._handle, ctypes.byref(memory))
-        cuda = ctypes.c_int()
-        cuda_ok = self._lib.nvmlSystemGetCudaDriverVersion_v2(ctypes.byref(cuda)) == 0
-        return {
-            "name": self._string(self._lib.nvmlDeviceGetName, self._handle),
-            "driver": self._string(self._lib.nvmlSystemGetDriverVersion),
-            "cuda_driver": f"{cuda.value // 1000}.{cuda.value % 1000 // 10}" if cuda_ok else None,
-            "memory_gib": round(memory.total / 2**30, 1),
-        }
-
-    def used_bytes(self) -> int | None:
-        if not self.available:
-            return None
-        memory = self._Memory()
-        if self._lib.nvmlDeviceGetMemoryInfo(self._handle, ctypes.byref(memory)) != 0:
-            return None
-        return int(memory.used)
-
-    def close(self) -> None:
-        if self.available:
-            self._lib.nvmlShutdown()
-            self.available = False
-
-
 class _MemoryPeak:
     """Polls the GPU's used memory in a thread; `peak()` is the maximum since the last `reset()`."""
 
-    def __init__(self, nvml: _Nvml, period_s: float = 0.005) -> None:
+    def __init__(self, nvml: Nvml, period_s: float = 0.005) -> None:
         self._nvml, self._period = nvml, period_s
         self._max = 0
         self._stop = threading.Event()
@@ -127,21 +76,24 @@ class _MemoryPeak:
             self._thread = threading.Thread(target=self._poll, daemon=True)
             self._thread.start()
 
+    def _used(self) -> int:
+        memory = self._nvml.memory()
+        return 0 if memory is None else memory["used"]
+
     def _poll(self) -> None:
         while not self._stop.is_set():
-            used = self._nvml.used_bytes()
-            if used is not None and used > self._max:
-                self._max = used
+            self._max = max(self._max, self._used())
             time.sleep(self._period)
 
-    def reset(self) -> None:
-        self._max = self._nvml.used_bytes() or 0
+    def reset(self) -> int:
+        """Restart the peak from the memory in use now, and return that."""
+        self._max = self._used()
+        return self._max
 
     def peak(self) -> int | None:
         if self._thread is None:
             return None
-        used = self._nvml.used_bytes() or 0
-        return max(self._max, used)
+        return max(self._max, self._used())
 
     def close(self) -> None:
         self._stop.set()
@@ -153,7 +105,8 @@ class _MemoryPeak:
 # machine and versions
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model name (from /proc/cpuinfo where there is one)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -183,10 +136,11 @@ def _versions() -> dict[str, str | None]:
     return found
 
 
-def _machine(gpu: dict[str, Any] | None) -> dict[str, Any]:
+def machine_info(gpu: dict[str, Any] | None) -> dict[str, Any]:
+    """Host, CPU, cores, OS, Python, Jetson board (if any) and the given GPU description."""
     return {
         "host": socket.gethostname(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "os": platform.platform(),
@@ -376,10 +330,10 @@ def run_bench(
         raise InputError(f"lq_height must be ≥ 1, got {lq_height}")
     loaded = load_bundle(bundle)
     m = loaded.manifest
-    nvml = _Nvml(0)
+    nvml = Nvml(0)
     gpu = nvml.info()
     memory = _MemoryPeak(nvml)
-    baseline = nvml.used_bytes()
+    baseline = memory.reset() if nvml.available else None
     runs: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="osr-bench-") as tmp:
@@ -409,7 +363,7 @@ def run_bench(
             "provider": provider,
             "kind": "gpu" if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu",
             "gpu": gpu,
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "board": _jetson_model(),
         },
         "per_tile_ms": {**{s: best["per_tile_ms"][s] for s in (*GRAPH_STAGES, "total")},
@@ -418,7 +372,7 @@ def run_bench(
         "erp_job": {"lq_hw": [lq_height, 2 * lq_height], "out_hw": out_hw, "tiles": len(layout),
                     "batch_size": best["batch_size"], "median_s": best["job_s"]["median"],
                     "min_s": best["job_s"]["min"], "stages_s": best["job_stages_s"]},
-        "machine": _machine(gpu),
+        "machine": machine_info(gpu),
         "versions": _versions(),
         "onnxruntime_providers_available": ort.get_available_providers(),
         "settings": {

@@ -116,12 +116,7 @@ class ExplicitAttnProcessor(nn.Module):
         context = x if encoder_hidden_states is None else encoder_hidden_states
         if encoder_hidden_states is not None and attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
-        key = attn.to_k(context)
-        value = attn.to_v(context)
-        heads = attn.heads
-        head_dim = key.shape[-1] // heads
-        key_t = key.unflatten(-1, (heads, head_dim)).permute(0, 2, 3, 1) * attn.scale
-        value = value.unflatten(-1, (heads, head_dim)).transpose(1, 2)
+        key_t, value = _project_kv(attn, context)
         out = _attend(attn, x, key_t, value)
         return _finish(attn, out, residual, restore)
 
@@ -137,12 +132,7 @@ class FoldedCrossAttnProcessor(nn.Module):
         with torch.no_grad():
             if attn.norm_cross:
                 context = attn.norm_encoder_hidden_states(context)
-            key = attn.to_k(context)
-            value = attn.to_v(context)
-            heads = attn.heads
-            head_dim = key.shape[-1] // heads
-            key_t = key.unflatten(-1, (heads, head_dim)).permute(0, 2, 3, 1) * attn.scale
-            value = value.unflatten(-1, (heads, head_dim)).transpose(1, 2)
+            key_t, value = _project_kv(attn, context)
         self.register_buffer("key_t", key_t.contiguous())  # (1, heads, head_dim, L)
         self.register_buffer("value", value.contiguous())  # (1, heads, L, head_dim)
 
@@ -175,6 +165,16 @@ def _tokens(attn: Any, hidden_states: torch.Tensor) -> tuple[torch.Tensor, tuple
     if attn.group_norm is not None:
         x = attn.group_norm(x.transpose(1, 2)).transpose(1, 2)
     return x, restore
+
+
+def _project_kv(attn: Any, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head K (pre-scaled, transposed: (B, heads, head_dim, L)) and V ((B, heads, L, head_dim))."""
+    key = attn.to_k(context)
+    value = attn.to_v(context)
+    heads = attn.heads
+    head_dim = key.shape[-1] // heads
+    key_t = key.unflatten(-1, (heads, head_dim)).permute(0, 2, 3, 1) * attn.scale
+    return key_t, value.unflatten(-1, (heads, head_dim)).transpose(1, 2)
 
 
 def _attend(attn: Any, x: torch.Tensor, key_t: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

@@ -141,7 +141,7 @@ def export_bundle(base: str | os.PathLike[str], lora: str | os.PathLike[str] | N
     _check_options(base, lora, out, options)
     report = progress or (lambda _stage: None)
     seconds: dict[str, float] = {}
-    device = _resolve_device(options.device)
+    device = resolve_device(options.device)
     stage_iter = iter(STAGES)
 
     @contextmanager
@@ -268,7 +268,8 @@ def _check_options(base: Path, lora: Path | None, out: Path, o: ExportOptions) -
         raise ExportError(f"{out} exists and is not a model bundle; refusing to overwrite it")
 
 
-def _resolve_device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """A torch device from "auto" (CUDA when available), "cpu" or "cuda[:N]"; CUDA asked for but absent is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -44,6 +44,7 @@ from torch import nn
 
 from osr_export.degradation import degrade
 from osr_export.errors import ExportError
+from osr_export.pipeline import resolve_device
 
 __all__ = [
     "DEFAULT_EXCLUDE",
@@ -378,14 +379,6 @@ def _check_config(c: TrainConfig) -> None:
         raise ExportError(f"prompt must be learned|zero and save_dtype fp32|fp16, got {c.prompt}, {c.save_dtype}")
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ExportError(f"device {name!r} was asked for but CUDA is not available; use --device cpu")
-    return torch.device(name)
-
-
 def _lr_lambda(c: TrainConfig) -> Callable[[int], float]:
     def f(step: int) -> float:
         if step < c.warmup_steps:
@@ -453,7 +446,7 @@ def train(config: TrainConfig, progress: Callable[[dict[str, float]], None] | No
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path, model_dir = out / "checkpoint.pt", out / "log.jsonl", out / "model"
-    device = _device(config.device)
+    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
 
     # 1. data

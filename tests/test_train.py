@@ -39,7 +39,8 @@ def test_alpha_bar_matches_sd21() -> None:
 
 
 def test_find_images_excludes_evaluation_sets(tmp_path: Path) -> None:
-    for rel in ("sr/Set14/a.png", "sr/BSD100/b.png", "sr/T91/c.bmp", "erp/pannellum_examplepano.jpg",
+    for rel in ("sr/Set14/a.png", "sr/BSD100/b.png", "sr/Kodak24/k.png", "sr/McMaster/m.png", "sr/Set5/s.png",
+                "sr/T91/c.bmp", "erp/pannellum_examplepano.jpg",
                 "erp/other.jpg", "sr/notes.txt"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
@@ -89,7 +90,7 @@ def test_train_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "step 2/2 finished" in capsys.readouterr().out
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["size"] == "tiny" and saved["prompt"] == "zero" and saved["w_ssim"] == 0.0
-    assert saved["exclude"] == ["Set14", "BSD100", "pannellum_examplepano.jpg"]
+    assert saved["exclude"] == ["Set5", "Set14", "BSD100", "Kodak24", "McMaster", "pannellum_examplepano.jpg"]
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r2")]) == 1
 
 

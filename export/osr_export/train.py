@@ -62,7 +62,8 @@ __all__ = [
 ]
 
 #: never trained on: the planar evaluation sets and the ERP evaluation photo (issue 5, item 4)
-DEFAULT_EXCLUDE: tuple[str, ...] = ("Set14", "BSD100", "pannellum_examplepano.jpg")
+#: Every evaluation set of ../shared/data/sr (SOURCES.md) and the ERP evaluation photo.
+DEFAULT_EXCLUDE: tuple[str, ...] = ("Set5", "Set14", "BSD100", "Kodak24", "McMaster", "pannellum_examplepano.jpg")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 PROMPT_KEY = "prompt_embeds"
 PROMPT_TOKENS = 77

@@ -6,7 +6,19 @@ import numpy as np
 import pytest
 
 from osr_sdk.errors import InputError
-from osr_sdk.metrics import row_weights, ws_psnr, ws_ssim
+from osr_sdk.metrics import psnr, row_weights, ssim, ws_psnr, ws_ssim
+
+
+def _window_ssim(x: np.ndarray, y: np.ndarray) -> float:
+    """Textbook SSIM of one 11×11 window (Gaussian σ = 1.5) on a 0..255 scale."""
+    k = np.arange(11) - 5
+    g1 = np.exp(-(k**2) / (2 * 1.5**2))
+    g = np.outer(g1, g1) / np.outer(g1, g1).sum()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = (g * x).sum(), (g * y).sum()
+    vx, vy = (g * (x - mx) ** 2).sum(), (g * (y - my) ** 2).sum()
+    cxy = (g * (x - mx) * (y - my)).sum()
+    return (2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
 
 
 def test_row_weights_hand_values():
@@ -55,18 +67,8 @@ def test_ws_ssim_single_window_direct_formula():
     rng = np.random.default_rng(1)
     a = rng.integers(0, 256, (11, 11, 3)).astype(np.float64)
     b = np.clip(a + rng.normal(0, 20, a.shape), 0, 255)
-    k = np.arange(11) - 5
-    g1 = np.exp(-(k**2) / (2 * 1.5**2))
-    g = np.outer(g1, g1) / np.outer(g1, g1).sum()
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    scores = []
-    for ch in range(3):
-        x, y = a[..., ch], b[..., ch]
-        mx, my = (g * x).sum(), (g * y).sum()
-        vx, vy = (g * (x - mx) ** 2).sum(), (g * (y - my) ** 2).sum()
-        cxy = (g * (x - mx) * (y - my)).sum()
-        scores.append((2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
-    assert ws_ssim(a, b, max_value=255) == pytest.approx(np.mean(scores), abs=1e-10)
+    expected = np.mean([_window_ssim(a[..., ch], b[..., ch]) for ch in range(3)])
+    assert ws_ssim(a, b, max_value=255) == pytest.approx(expected, abs=1e-10)
 
 
 def test_ws_ssim_weights_rows_of_trimmed_height():
@@ -99,3 +101,16 @@ def test_bad_input_raises(a, b):
 def test_ws_ssim_too_small():
     with pytest.raises(InputError, match="at least 11"):
         ws_ssim(np.zeros((8, 16), np.uint8), np.zeros((8, 16), np.uint8))
+
+
+def test_plain_psnr_and_ssim_weight_rows_alike():
+    a = np.zeros((4, 8, 3), np.uint8)
+    b = a.copy()
+    b[0] = 10  # error in one of four rows: MSE = 100 / 4
+    assert psnr(a, b) == pytest.approx(10 * math.log10(255**2 / 25), abs=1e-12)
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (14, 13)).astype(np.float64)
+    y = np.clip(x + rng.normal(0, 25, x.shape), 0, 255)
+    windows = [_window_ssim(x[i : i + 11, j : j + 11], y[i : i + 11, j : j + 11]) for i in range(4) for j in range(3)]
+    assert ssim(x, y, max_value=255) == pytest.approx(np.mean(windows), abs=1e-10)
+    assert ws_ssim(x, y, max_value=255) != pytest.approx(np.mean(windows), abs=1e-6)  # WS weights rows

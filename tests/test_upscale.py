@@ -258,6 +258,9 @@ def test_bad_images_leave_no_output(upscaler, tmp_path, case):
 def test_bad_bundles(tmp_path, tiny_bundle):
     with pytest.raises(BundleError):
         osr_sdk.Upscaler(tmp_path / "nowhere")
+    if not osr_sdk.upscaler.default_model_path().is_dir():
+        with pytest.raises(BundleError, match="no embedded default model"):
+            osr_sdk.Upscaler()
     with pytest.raises(ModelMismatchError, match="×4"):
         osr_sdk.upscale(sample_erp(16), model=tiny_bundle, scale=2, providers=["cpu"])
 

@@ -10,11 +10,13 @@ C1 = (0.01·255)², C2 = (0.03·255)² in the SSIM) scale with `max_value`.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from osr_sdk.errors import InputError
 
-__all__ = ["ws_psnr", "ws_ssim", "row_weights"]
+__all__ = ["ws_psnr", "ws_ssim", "psnr", "ssim", "row_weights"]
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -56,10 +58,19 @@ def ws_psnr(a: np.ndarray, b: np.ndarray, max_value: float | None = None) -> flo
 
     WMSE = Σ w·(a − b)² / Σ w over all pixels and channels; WS-PSNR = 10·log10(max² / WMSE).
     """
+    return _psnr(a, b, max_value, row_weights)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, max_value: float | None = None) -> float:
+    """Plain PSNR in dB over all pixels and channels, for planar images (no border crop)."""
+    return _psnr(a, b, max_value, np.ones)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray, max_value: float | None, weights: Callable[[int], np.ndarray]) -> float:
     a64, b64, peak = _prepare(a, b, max_value)
-    w = row_weights(a64.shape[0])[:, None, None]
+    w = weights(a64.shape[0])[:, None, None]
     wmse = float(np.sum(w * (a64 - b64) ** 2) / (np.sum(w) * a64.shape[1] * a64.shape[2]))
-    return float("inf") if wmse == 0 else 10 * np.log10(peak**2 / wmse)
+    return float("inf") if wmse == 0 else float(10 * np.log10(peak**2 / wmse))
 
 
 def _gaussian_window() -> np.ndarray:
@@ -82,12 +93,21 @@ def ws_ssim(a: np.ndarray, b: np.ndarray, max_value: float | None = None) -> flo
     trimmed on each side), weighted by the WS row weights of the trimmed height; then the mean over
     channels.
     """
+    return _ssim(a, b, max_value, row_weights)
+
+
+def ssim(a: np.ndarray, b: np.ndarray, max_value: float | None = None) -> float:
+    """Plain SSIM (the same window and constants as `ws_ssim`, every row weighted alike), for planar images."""
+    return _ssim(a, b, max_value, np.ones)
+
+
+def _ssim(a: np.ndarray, b: np.ndarray, max_value: float | None, weights: Callable[[int], np.ndarray]) -> float:
     a64, b64, peak = _prepare(a, b, max_value)
     if min(a64.shape[:2]) < SSIM_WINDOW:
         raise InputError(f"WS-SSIM needs images of at least {SSIM_WINDOW}×{SSIM_WINDOW}, got {a64.shape[:2]}")
     c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
     g = _gaussian_window()
-    w = row_weights(a64.shape[0] - SSIM_WINDOW + 1)[:, None]
+    w = weights(a64.shape[0] - SSIM_WINDOW + 1)[:, None]
     scores = []
     for ch in range(a64.shape[2]):
         x, y = a64[..., ch], b64[..., ch]

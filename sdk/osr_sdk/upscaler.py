@@ -23,7 +23,7 @@ import PIL.Image
 from osr_runtime import Bundle, Session, load_bundle
 from osr_runtime.session import ProviderSpec
 from osr_sdk import imageio, sphere
-from osr_sdk.errors import InputError, ModelMismatchError, OutputExistsError
+from osr_sdk.errors import BundleError, InputError, ModelMismatchError, OutputExistsError
 from osr_sdk.imageio import Image
 from osr_sdk.tiling import PlanarMerger, bicubic_crop, tile_starts
 
@@ -81,6 +81,11 @@ class Upscaler:
         batch_size: int | None = None,
         threads: int | None = None,
     ) -> None:
+        if model is None and not default_model_path().is_dir():
+            raise BundleError(
+                "this osr-sdk build ships no embedded default model yet: pass a bundle made by "
+                "`osr-export bundle` (model=... / --model)"
+            )
         bundle = model if isinstance(model, Bundle) else load_bundle(default_model_path() if model is None else model)
         self.session = Session(bundle, providers, provider_options, batch_size=batch_size, threads=threads)
         self.scale = bundle.manifest.scale

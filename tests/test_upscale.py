@@ -303,3 +303,20 @@ def test_cli_views(tmp_path, capsys):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert "sample_erp_views.png" in names and len(names) == 7
     assert imageio.read_image(tmp_path / "sample_erp_front.png").width == 64
+
+
+# ------------------------------------------------------------------------------ GPU (CUDA EP + DLPack path)
+
+
+@pytest.mark.gpu
+def test_cuda_provider_keeps_patches_on_gpu_and_matches_cpu(tiny_bundle, upscaler):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers() or not sphere.cuda_available():
+        pytest.skip("needs onnxruntime-gpu, a CUDA device and the CUDA kernels")
+    gpu = osr_sdk.Upscaler(tiny_bundle, providers=["cuda"])
+    assert set(gpu.session.providers_in_use.values()) == {"CUDAExecutionProvider"}
+    for lq in (sample_erp(32), sample_erp(32)[:, :40]):  # the 360° path (GPU-resident), then planar
+        got = gpu.upscale(lq).astype(np.int16)
+        want = upscaler.upscale(lq).astype(np.int16)
+        assert np.abs(got - want).max() <= 2

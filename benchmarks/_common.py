@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata
 import json
 import statistics
 import time
@@ -11,20 +10,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from osr_runtime.nvml import Nvml
-from osr_sdk.bench import machine_info
+from osr_sdk.bench import machine_info, versions  # noqa: F401  (versions: for the scripts)
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def versions(*packages: str) -> dict[str, str | None]:
-    """Installed versions of the named distributions (None when absent)."""
-    found: dict[str, str | None] = {}
-    for name in packages:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = None
-    return found
 
 
 def machine() -> dict[str, Any]:

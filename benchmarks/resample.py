@@ -105,6 +105,10 @@ def bench_cuda(lq: np.ndarray, layout: sphere.TangentLayout, repeats: int) -> di
     lat_g, lon_g = torch.meshgrid(lat, lon, indexing="ij")
     views = torch.from_numpy(layout.views).cuda()
 
+    def feather(t: torch.Tensor) -> torch.Tensor:
+        ramp = ((1 - t.abs()) / layout.overlap).clamp(0, 1)
+        return ramp * ramp * (3 - 2 * ramp)
+
     def torch_merge() -> torch.Tensor:
         acc = torch.zeros(3, height, width, device="cuda")
         wsum = torch.zeros(height, width, device="cuda")
@@ -115,8 +119,7 @@ def bench_cuda(lq: np.ndarray, layout: sphere.TangentLayout, repeats: int) -> di
             u = torch.cos(lat_g) * torch.sin(dlon) / cos_c / tx
             v = (torch.cos(lat0) * torch.sin(lat_g) - torch.sin(lat0) * torch.cos(lat_g) * torch.cos(dlon)) / cos_c / ty
             inside = (cos_c > 0) & (u.abs() < 1) & (v.abs() < 1)
-            s = lambda t: (((1 - t.abs()) / layout.overlap).clamp(0, 1)) ** 2 * (3 - 2 * ((1 - t.abs()) / layout.overlap).clamp(0, 1))  # noqa: E731
-            w = torch.where(inside, s(u) * s(v), torch.zeros_like(u)).float()
+            w = torch.where(inside, feather(u) * feather(v), torch.zeros_like(u)).float()
             grid = torch.stack([u, -v], -1).float()[None]
             val = F.grid_sample(patches[n : n + 1], grid, mode="bilinear", align_corners=False, padding_mode="border")[0]
             acc += val * w

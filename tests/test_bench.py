@@ -49,12 +49,13 @@ def test_random_weights_excludes_base_and_lora(tmp_path: Path, capsys: pytest.Ca
     assert "needs --base" in capsys.readouterr().err
 
 
-def test_session_run_stages_matches_run(random_tiny_bundle: Path) -> None:
+def test_session_run_with_stage_times_matches_run(random_tiny_bundle: Path) -> None:
     from osr_runtime import Session
 
     session = Session(random_tiny_bundle, ["cpu"])
     lq = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
-    sr, seconds = session.run_stages(lq)
+    seconds: dict[str, float] = {}
+    sr = session.run(lq, seconds=seconds)
     np.testing.assert_allclose(sr, session.run(lq), rtol=1e-5, atol=1e-6)
     assert set(seconds) == {"encoder", "unet", "decoder"} and all(s > 0 for s in seconds.values())
 

@@ -184,6 +184,18 @@ def test_planar_tiles_blend_without_seams(upscaler):
     assert report.provider == "CPUExecutionProvider"
 
 
+def test_profiled_report_times_each_stage(upscaler, tmp_path):
+    _, plain = upscaler.upscale_with_report(sample_erp(16))
+    assert plain.stage_seconds is None
+    _, erp = upscaler.upscale_with_report(sample_erp(16), output=tmp_path / "o.png", profile=True)
+    times = erp.stage_seconds
+    assert all(times[s] > 0 for s in ("read", "erp_to_tangent", "encoder", "unet", "decoder", "merge", "write"))
+    assert times["planar_tiles"] == 0 and times["transfer"] == 0  # the CPU, 360° path
+    assert sum(times.values()) <= erp.seconds
+    _, planar = upscaler.upscale_with_report(sample_erp(16), projection="planar", profile=True)
+    assert planar.stage_seconds["planar_tiles"] > 0 and planar.stage_seconds["erp_to_tangent"] == 0
+
+
 def test_projection_choice(upscaler):
     lq = sample_erp(16)
     _, erp = upscaler.upscale_with_report(lq)

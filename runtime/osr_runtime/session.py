@@ -42,7 +42,6 @@ ALIASES = {
     "cpu": "CPUExecutionProvider",
 }
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-GRAPH_ORDER = ("encoder", "unet", "decoder")
 #: (role, inputs, output) of the split graphs, in the order they run.
 GRAPH_IO = (("encoder", ("lq",), "z"), ("unet", ("z",), "x0"), ("decoder", ("x0", "lq"), "sr"))
 #: Conservative device memory per output pixel of one tile (activations of an SD2.1-size VAE
@@ -157,6 +156,8 @@ class Session:
         threads: int | None = None,
         cuda_graph: bool = False,
     ) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise OsrError(f"batch_size must be ≥ 1, got {batch_size}")
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.providers = normalize_providers(providers, provider_options, bundle=self.bundle)
         if cuda_graph:
@@ -170,7 +171,7 @@ class Session:
         names = [name for name, _ in self.providers]
         opts = [{k: _option_value(v) for k, v in o.items()} for _, o in self.providers]
         self._sessions: dict[str, ort.InferenceSession] = {}
-        for role in GRAPH_ORDER:
+        for role, _, _ in GRAPH_IO:
             try:
                 self._sessions[role] = ort.InferenceSession(
                     str(self.bundle.graph_path(role)), options, providers=names, provider_options=opts
@@ -182,8 +183,6 @@ class Session:
         self.device = "cuda" if any(p in GPU_PROVIDERS for p in self.providers_in_use.values()) else "cpu"
         self.device_id = int(dict(self.providers).get(self.providers_in_use["unet"], {}).get("device_id", 0))
         self._batch_size = batch_size
-        if batch_size is not None and batch_size < 1:
-            raise OsrError(f"batch_size must be ≥ 1, got {batch_size}")
 
     @property
     def provider(self) -> str:
@@ -210,23 +209,18 @@ class Session:
         if shape[2] % multiple or shape[3] % multiple:
             raise OsrError(f"tile height and width must be multiples of {multiple}, got {shape[2]}×{shape[3]}")
 
-    def run(self, lq: np.ndarray) -> np.ndarray:
-        """Super-resolve (N, 3, H, W) float32 tiles in [0, 1] (already at the output size) → sr, same shape."""
+    def run(self, lq: np.ndarray, seconds: dict[str, float] | None = None) -> np.ndarray:
+        """Super-resolve (N, 3, H, W) float32 tiles in [0, 1] (already at the output size) → sr, same shape.
+
+        With `seconds`, each graph's time is added to it by role ("encoder", "unet", "decoder"):
+        the wall clock of its ONNX Runtime runs, which are synchronous. On a CUDA provider the
+        graphs are chained with IO binding, so that is device time plus launch overhead, without
+        the host↔device copies.
+        """
         lq = self._checked(lq)
         step = self.batch_size(lq.shape[2:])
-        parts = [self._run_batch(lq[i : i + step]) for i in range(0, len(lq), step)]
+        parts = [self._run_batch(lq[i : i + step], seconds) for i in range(0, len(lq), step)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-    def run_stages(self, lq: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-        """`run` on one batch (no splitting by `batch_size`), also returning each graph's seconds.
-
-        For benchmarks. Each time is the wall clock of one ONNX Runtime run, which is synchronous
-        (ORT waits for the device at the end of a run). On a CUDA provider the tiles are uploaded
-        before and the result downloaded after the timed runs, and the graphs are chained with IO
-        binding, so the times are device-side graph times plus launch overhead, without transfers.
-        """
-        seconds: dict[str, float] = {}
-        return self._run_batch(self._checked(lq), seconds), seconds
 
     def _checked(self, lq: np.ndarray) -> np.ndarray:
         lq = np.asarray(lq)
@@ -244,7 +238,7 @@ class Session:
                 start = time.perf_counter()
                 values[target] = self._sessions[role].run([target], {name: values[name] for name in inputs})[0]
                 if seconds is not None:
-                    seconds[role] = time.perf_counter() - start
+                    seconds[role] = seconds.get(role, 0.0) + time.perf_counter() - start
             return values["sr"]
         lq_dev = ort.OrtValue.ortvalue_from_numpy(lq, "cuda", self.device_id)
         return self._chain_on_device(lambda b: b.bind_ortvalue_input("lq", lq_dev), seconds=seconds).numpy()
@@ -255,7 +249,7 @@ class Session:
         """Run on CUDA buffers (float32, C-contiguous, on this session's device): lq → out.
 
         For callers that keep tiles on the GPU (the SDK's 360° path); pointers are device addresses.
-        With `seconds`, each graph's time is stored in it by role, as `run_stages` does.
+        With `seconds`, each graph's time is added to it by role, as `run` does.
         """
         if self.device != "cuda":
             raise OsrError("run_device needs a session on a CUDA provider")
@@ -273,7 +267,7 @@ class Session:
     ) -> ort.OrtValue:
         """encoder → unet → decoder with every intermediate on the device (IO binding).
 
-        With `seconds`, each graph's run is timed (synchronised on its outputs) into it by role.
+        With `seconds`, each graph's run is timed (synchronised on its outputs) and added to it by role.
         """
         did = self.device_id
         value = None
@@ -292,7 +286,7 @@ class Session:
             session.run_with_iobinding(binding)
             if seconds is not None:
                 binding.synchronize_outputs()
-                seconds[role] = time.perf_counter() - start
+                seconds[role] = seconds.get(role, 0.0) + time.perf_counter() - start
             value = binding.get_outputs()[0]
         return value
 

@@ -4,10 +4,10 @@ For each batch size the bundle is loaded once (`Upscaler`, the given providers) 
 ways, each after `warmup` calls and as the median of `repeats`:
 
 1. tiles: one batch of random patch-size tiles through encoder → UNet → decoder
-   (`Session.run_stages`), giving the milliseconds per tile of each graph;
-2. the job, stage by stage: the same steps as `Upscaler` on a 2:1 LQ ERP file (read → ERP→tangent →
-   encoder → UNet → decoder → merge → write; on a GPU also the host↔device transfers), summed
-   over the job's batches;
+   (`Session.run` with `seconds=`), giving the milliseconds per tile of each graph;
+2. the job, stage by stage: `Upscaler.upscale_with_report(profile=True)` on a 2:1 LQ ERP file
+   (read → ERP→tangent → encoder → UNet → decoder → merge → write; on a GPU also the host↔device
+   transfers), summed over the job's batches;
 3. the job as a user runs it: `Upscaler.upscale(path, output=...)`, end to end.
 
 Colour fix runs inside the decoder graph: it is part of the decoder's time. On a CUDA provider the
@@ -24,7 +24,6 @@ importable. No torch: this runs on the edge install.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import gc
 import importlib.metadata
@@ -48,15 +47,16 @@ from osr_runtime import load_bundle
 from osr_runtime.nvml import Nvml
 from osr_runtime.session import ProviderSpec
 
-from osr_sdk import imageio, sphere
+from osr_sdk import sphere
 from osr_sdk.errors import InputError
+from osr_sdk.upscaler import STAGES
 
 __all__ = ["GRAPH_STAGES", "JOB_STAGES", "format_table", "run_bench", "write_plot"]
 
 #: the graphs of a split bundle, in order (colour fix is inside the decoder)
 GRAPH_STAGES = ("encoder", "unet", "decoder")
-#: the stages of a whole 360° job, in order; "transfer" (host↔device copies) is 0 on the CPU
-JOB_STAGES = ("read", "erp_to_tangent", "encoder", "unet", "decoder", "merge", "transfer", "write")
+#: the stages of a whole 360° job (`Upscaler` profiled), in order; "transfer" (host↔device copies) is 0 on the CPU
+JOB_STAGES = tuple(stage for stage in STAGES if stage != "planar_tiles")
 DEFAULT_OUT_DIR = Path("benchmarks") / "results"
 
 
@@ -123,15 +123,21 @@ def _jetson_model() -> str | None:
         return None
 
 
-def _versions() -> dict[str, str | None]:
+def versions(*packages: str) -> dict[str, str | None]:
+    """Installed versions of the named distributions (None when absent)."""
     found: dict[str, str | None] = {}
-    for name in ("osr-sdk", "numpy", "onnxruntime", "onnxruntime-gpu", "pillow", "tensorrt"):
+    for name in packages:
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             found[name] = None
+    return found
+
+
+def _versions() -> dict[str, str | None]:
     import onnxruntime as ort
 
+    found = versions("osr-sdk", "numpy", "onnxruntime", "onnxruntime-gpu", "pillow", "tensorrt")
     found["onnxruntime_module"] = ort.__version__
     return found
 
@@ -183,78 +189,11 @@ def _make_input(source: Path | None, lq_height: int, folder: Path) -> Path:
 
 
 def _job_stages(upscaler: Any, lq_path: Path, out_path: Path) -> dict[str, float]:
-    """One whole 360° job, the `Upscaler` ERP path step by step, each step timed (seconds)."""
-    session = upscaler.session
-    t: dict[str, float] = dict.fromkeys(JOB_STAGES, 0.0)
-    clock = time.perf_counter
-    # read
-    start = clock()
-    source = imageio.read_image(lq_path)
-    t["read"] = clock() - start
-    out_hw = (source.height * upscaler.scale, source.width * upscaler.scale)
-    layout = sphere.tangent_layout(*out_hw, patch_size=upscaler.patch_size)
-    size = upscaler.patch_size
-    step = session.batch_size((size, size))
-    merger = sphere.ErpMerger(layout, channels=3)
-    on_gpu = session.device == "cuda" and sphere.cuda_available()
-    if on_gpu:
-        from osr_sdk import _spherical
-
-        device = session.device_id
-        start = clock()
-        lq_gpu = _spherical.DeviceArray(source.pixels.shape, device)
-        lq_gpu.copy_from_host(np.ascontiguousarray(source.pixels))
-        _spherical.synchronize(device)
-        t["transfer"] += clock() - start
-        buffers: dict[int, tuple[Any, Any]] = {}
-    for first in range(0, len(layout), step):
-        batch = slice(first, min(first + step, len(layout)))
-        n = batch.stop - batch.start
-        if on_gpu:
-            shape = (n, 3, size, size)
-            if n not in buffers:
-                buffers[n] = (_spherical.DeviceArray(shape, device), _spherical.DeviceArray(shape, device))
-            patches, sr = buffers[n]
-            start = clock()
-            sphere.erp_to_tangent(lq_gpu, layout, indices=batch, out=patches)
-            _spherical.synchronize(device)
-            t["erp_to_tangent"] += clock() - start
-            graph_s: dict[str, float] = {}
-            session.run_device(patches.ptr, shape, sr.ptr, seconds=graph_s)
-            start = clock()
-            merger.add(sr, batch)
-            _spherical.synchronize(device)
-            t["merge"] += clock() - start
-        else:
-            start = clock()
-            patches = sphere.erp_to_tangent(source.pixels, layout, indices=batch)
-            t["erp_to_tangent"] += clock() - start
-            sr_host, graph_s = session.run_stages(patches)
-            start = clock()
-            merger.add(sr_host, batch)
-            t["merge"] += clock() - start
-        for role, seconds in graph_s.items():
-            t[role] += seconds
-    start = clock()
-    merged = merger.result()
-    if on_gpu:
-        _spherical.synchronize(device)
-        t["merge"] += clock() - start
-        start = clock()
-        pixels = merged.to_host()
-        t["transfer"] += clock() - start
-        start = clock()
-    else:
-        pixels = merged
-    np.clip(pixels, 0, 1, out=pixels)
-    t["merge"] += clock() - start
-    # write (as `Upscaler` does: metadata with scaled GPano sizes, atomic write)
-    start = clock()
-    result = dataclasses.replace(source, pixels=pixels, metadata=source.metadata.scaled(upscaler.scale))
-    imageio.write_image(result, out_path, overwrite=True)
-    t["write"] = clock() - start
-    t["total"] = sum(t[s] for s in JOB_STAGES)
-    return t
+    """One whole 360° job through `Upscaler`, profiled: the seconds of each of `JOB_STAGES` and their total."""
+    _, report = upscaler.upscale_with_report(lq_path, projection="erp", output=out_path, overwrite=True,
+                                             profile=True)
+    stages = {stage: report.stage_seconds[stage] for stage in JOB_STAGES}
+    return {**stages, "total": sum(stages.values())}
 
 
 def _bench_batch(bundle: Any, providers: Sequence[ProviderSpec] | None, batch_size: int, lq_path: Path,
@@ -270,7 +209,12 @@ def _bench_batch(bundle: Any, providers: Sequence[ProviderSpec] | None, batch_si
     rng = np.random.default_rng(0)
     tiles = rng.random((batch_size, 3, size, size), dtype=np.float32)
     # 1. tiles through the graphs
-    tile_runs = _repeat(lambda: upscaler.session.run_stages(tiles)[1], repeats, warmup)
+    def tile_run() -> dict[str, float]:
+        seconds: dict[str, float] = {}
+        upscaler.session.run(tiles, seconds=seconds)  # one batch: the session's batch size is batch_size
+        return seconds
+
+    tile_runs = _repeat(tile_run, repeats, warmup)
     batch_ms = {k: v * 1e3 for k, v in _median_dicts(tile_runs).items()}
     per_tile = {k: v / batch_size for k, v in batch_ms.items()}
     per_tile["total"] = sum(per_tile[s] for s in GRAPH_STAGES)

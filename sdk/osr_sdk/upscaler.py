@@ -13,6 +13,7 @@ import functools
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -27,7 +28,7 @@ from osr_sdk.errors import BundleError, InputError, ModelMismatchError, OutputEx
 from osr_sdk.imageio import Image
 from osr_sdk.tiling import PlanarMerger, bicubic_crop, tile_starts
 
-__all__ = ["Upscaler", "upscale", "Projection", "UpscaleReport", "default_model_path"]
+__all__ = ["Upscaler", "upscale", "Projection", "UpscaleReport", "STAGES", "default_model_path"]
 
 Projection = Literal["auto", "erp", "planar"]
 ImageLike = Any  # np.ndarray | PIL.Image.Image | str | os.PathLike[str]
@@ -41,9 +42,38 @@ def default_model_path() -> Path:
     return Path(__file__).resolve().parent / "models" / "default"
 
 
+#: The stages `upscale_with_report(profile=True)` times ("erp_to_tangent" on the 360° path,
+#: "planar_tiles" (bicubic tile inputs) on the planar one, "transfer" host↔device copies on a GPU).
+STAGES = ("read", "erp_to_tangent", "planar_tiles", "encoder", "unet", "decoder", "merge", "transfer", "write")
+
+
+class _Stopwatch:
+    """Adds the seconds of `with watch(stage):` blocks to `seconds`; does nothing when disabled.
+
+    With `device` set, the block ends by synchronising that CUDA device, so that the asynchronous
+    kernels it launched are counted in it (only while profiling: no extra syncs otherwise).
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.seconds: dict[str, float] | None = dict.fromkeys(STAGES, 0.0) if enabled else None
+        self.device: int | None = None
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        if self.seconds is not None:
+            if self.device is not None:
+                from osr_sdk import _spherical
+
+                _spherical.synchronize(self.device)
+            self.seconds[stage] += time.perf_counter() - start
+
+
 @dataclass(frozen=True)
 class UpscaleReport:
-    """What one upscale did: sizes, projection, tiles, provider and time."""
+    """What one upscale did: sizes, projection, tiles, provider, time, and (when profiled) the
+    seconds of each of `STAGES`."""
 
     input_hw: tuple[int, int]
     output_hw: tuple[int, int]
@@ -51,6 +81,7 @@ class UpscaleReport:
     tiles: int
     provider: str
     seconds: float
+    stage_seconds: Mapping[str, float] | None = None
 
     def summary(self) -> str:
         """One line for logs and the CLI."""
@@ -128,15 +159,18 @@ class Upscaler:
         overwrite: bool = False,
         format: str | None = None,
         quality: int = 95,
+        profile: bool = False,
     ) -> tuple[Any, UpscaleReport]:
-        """`upscale`, also returning an `UpscaleReport`."""
+        """`upscale`, also returning an `UpscaleReport` (with per-stage seconds when `profile`)."""
         start = time.perf_counter()
+        watch = _Stopwatch(profile)
         # 1. Check the arguments and read the image.
         if projection not in get_args(Projection):
             raise InputError(f"projection must be one of {', '.join(get_args(Projection))}; got {projection!r}")
         if output is not None and Path(output).exists() and not overwrite:
             raise OutputExistsError(f"{output} exists; pass overwrite=True to replace it")
-        source = _to_image(image)
+        with watch("read"):
+            source = _to_image(image)
         height, width = source.height, source.width
         is_erp = abs(width - 2 * height) <= 1
         if projection == "auto":
@@ -144,20 +178,22 @@ class Upscaler:
         out_hw = (height * self.scale, width * self.scale)
         # 2. Plan the tiles, 3. sample, run and merge them batch by batch.
         if projection == "erp":
-            pixels, tiles = self._upscale_erp(source.pixels, out_hw, progress)
+            pixels, tiles = self._upscale_erp(source.pixels, out_hw, progress, watch)
         else:
-            pixels, tiles = self._upscale_planar(source.pixels, out_hw, progress)
+            pixels, tiles = self._upscale_planar(source.pixels, out_hw, progress, watch)
         # 4. Alpha (bicubic), the output image with scaled 360° metadata.
         alpha = None if source.alpha is None else _resize_plane(source.alpha, out_hw)
         result = dataclasses.replace(source, pixels=pixels, alpha=alpha,
                                      metadata=source.metadata.scaled(self.scale))
-        report = UpscaleReport((height, width), out_hw, projection, tiles, self.session.provider,
-                               time.perf_counter() - start)
         # 5. Write, or hand back the same kind of image.
         if output is not None:
-            written = imageio.write_image(result, output, overwrite=overwrite, format=format, quality=quality)
-            return written, dataclasses.replace(report, seconds=time.perf_counter() - start)
-        return _like(image, result), report
+            with watch("write"):
+                result = imageio.write_image(result, output, overwrite=overwrite, format=format, quality=quality)
+        else:
+            result = _like(image, result)
+        report = UpscaleReport((height, width), out_hw, projection, tiles, self.session.provider,
+                               time.perf_counter() - start, watch.seconds)
+        return result, report
 
     def _batches(self, count: int, tile_hw: tuple[int, int], progress: bool, what: str) -> Iterator[slice]:
         step = self.session.batch_size(tile_hw)
@@ -169,7 +205,9 @@ class Upscaler:
         for first in starts:
             yield slice(first, min(first + step, count))
 
-    def _upscale_erp(self, lq: np.ndarray, out_hw: tuple[int, int], progress: bool) -> tuple[np.ndarray, int]:
+    def _upscale_erp(
+        self, lq: np.ndarray, out_hw: tuple[int, int], progress: bool, watch: _Stopwatch
+    ) -> tuple[np.ndarray, int]:
         try:
             layout = sphere.tangent_layout(*out_hw, patch_size=self.patch_size)
         except InputError as exc:
@@ -178,21 +216,28 @@ class Upscaler:
                 f"×{self.scale}): {exc}; use a larger ERP or projection='planar'"
             ) from exc
         if self.session.device == "cuda" and sphere.cuda_available():
-            return self._upscale_erp_on_gpu(lq, layout, progress), len(layout)
+            return self._upscale_erp_on_gpu(lq, layout, progress, watch), len(layout)
         merger = sphere.ErpMerger(layout, channels=3)
         size = self.patch_size
         for batch in self._batches(len(layout), (size, size), progress, "360° patches"):
-            patches = sphere.erp_to_tangent(lq, layout, indices=batch)
-            merger.add(self.session.run(patches), batch)
-        return _clip(merger.result()), len(layout)
+            with watch("erp_to_tangent"):
+                patches = sphere.erp_to_tangent(lq, layout, indices=batch)
+            sr = self.session.run(patches, seconds=watch.seconds)
+            with watch("merge"):
+                merger.add(sr, batch)
+        with watch("merge"):
+            return _clip(merger.result()), len(layout)
 
-    def _upscale_erp_on_gpu(self, lq: np.ndarray, layout: sphere.TangentLayout, progress: bool) -> np.ndarray:
+    def _upscale_erp_on_gpu(
+        self, lq: np.ndarray, layout: sphere.TangentLayout, progress: bool, watch: _Stopwatch
+    ) -> np.ndarray:
         """The 360° path with every patch kept on the GPU: CUDA sampling → IO-bound ONNX Runtime → CUDA merge."""
         from osr_sdk import _spherical
 
-        device = self.session.device_id
-        lq_gpu = _spherical.DeviceArray(lq.shape, device)
-        lq_gpu.copy_from_host(np.ascontiguousarray(lq))
+        device = watch.device = self.session.device_id
+        with watch("transfer"):
+            lq_gpu = _spherical.DeviceArray(lq.shape, device)
+            lq_gpu.copy_from_host(np.ascontiguousarray(lq))
         merger = sphere.ErpMerger(layout, channels=3)
         size = self.patch_size
         buffers: dict[int, tuple[Any, Any]] = {}  # batch length -> (patches, sr) device buffers
@@ -201,13 +246,22 @@ class Upscaler:
             if shape[0] not in buffers:
                 buffers[shape[0]] = (_spherical.DeviceArray(shape, device), _spherical.DeviceArray(shape, device))
             patches, sr = buffers[shape[0]]
-            sphere.erp_to_tangent(lq_gpu, layout, indices=batch, out=patches)
+            with watch("erp_to_tangent"):
+                sphere.erp_to_tangent(lq_gpu, layout, indices=batch, out=patches)
             _spherical.synchronize(device)  # ONNX Runtime reads on its own stream
-            self.session.run_device(patches.ptr, shape, sr.ptr)
-            merger.add(sr, batch)
-        return _clip(merger.result().to_host())
+            self.session.run_device(patches.ptr, shape, sr.ptr, seconds=watch.seconds)
+            with watch("merge"):
+                merger.add(sr, batch)
+        with watch("merge"):
+            merged = merger.result()
+        with watch("transfer"):
+            pixels = merged.to_host()
+        with watch("merge"):
+            return _clip(pixels)
 
-    def _upscale_planar(self, lq: np.ndarray, out_hw: tuple[int, int], progress: bool) -> tuple[np.ndarray, int]:
+    def _upscale_planar(
+        self, lq: np.ndarray, out_hw: tuple[int, int], progress: bool, watch: _Stopwatch
+    ) -> tuple[np.ndarray, int]:
         height, width = out_hw
         m = self._multiple
         tile_h = min(self.patch_size, -(-height // m) * m)
@@ -216,10 +270,14 @@ class Upscaler:
         origins = [(y, x) for y in tile_starts(height, tile_h, overlap) for x in tile_starts(width, tile_w, overlap)]
         merger = PlanarMerger(height, width, 3, overlap)
         for batch in self._batches(len(origins), (tile_h, tile_w), progress, "tiles"):
-            tiles = np.stack([bicubic_crop(lq, y, x, tile_h, tile_w, self.scale) for y, x in origins[batch]])
-            for (y, x), sr in zip(origins[batch], self.session.run(tiles)):
-                merger.add(sr[:, : height - y, : width - x], y, x)
-        return _clip(merger.result()), len(origins)
+            with watch("planar_tiles"):
+                tiles = np.stack([bicubic_crop(lq, y, x, tile_h, tile_w, self.scale) for y, x in origins[batch]])
+            sr = self.session.run(tiles, seconds=watch.seconds)
+            with watch("merge"):
+                for (y, x), tile in zip(origins[batch], sr):
+                    merger.add(tile[:, : height - y, : width - x], y, x)
+        with watch("merge"):
+            return _clip(merger.result()), len(origins)
 
 
 def _clip(pixels: np.ndarray) -> np.ndarray:

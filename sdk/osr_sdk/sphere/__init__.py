@@ -22,7 +22,7 @@ from osr_sdk.errors import InputError
 from osr_sdk.sphere import _arrays
 from osr_sdk.sphere._arrays import _spherical
 from osr_sdk.sphere._reference import BLEND_CODES, INTERP_CODES
-from osr_sdk.sphere.layout import MAX_FOV_DEG, TangentLayout, check_erp_hw, tangent_layout
+from osr_sdk.sphere.layout import TangentLayout, check_erp_hw, tangent_layout
 
 Interp = Literal["nearest", "bilinear", "bicubic"]
 Blend = Literal["feather", "uniform"]

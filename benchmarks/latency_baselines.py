@@ -1,7 +1,8 @@
 """Latency baselines for `osr-sdk bench` (issue 6, item 3): the same model outside ONNX Runtime.
 
 Built with random weights from `osr_export.synthetic`'s configs ("full": the SD2.1-base UNet and
-VAE; "tiny": the same structure with small widths), fp16 on CUDA, fp32 on the CPU:
+VAE; "tiny": the same structure with small widths) or `osr_export.train.MODEL_SIZES["edge"]`
+("edge": the embedded default model's architecture), fp16 on CUDA, fp32 on the CPU:
 
 1. one-step, PyTorch eager (diffusers), the way OMGSR's reference code runs it: VAE encode
    (posterior sample × 0.18215) → UNet at t* = 273 with a constant (1, 77, D) prompt embedding →
@@ -14,7 +15,7 @@ VAE; "tiny": the same structure with small widths), fp16 on CUDA, fp32 on the CP
    extrapolated to 200 steps × 18 patches (labelled as an extrapolation; it leaves out OmniSSR's
    ERP-side data-consistency and re-projection, so it is a lower bound).
 
-Usage:  python benchmarks/latency_baselines.py [--size full|tiny] [--batch-sizes 1,4] [--repeats 10]
+Usage:  python benchmarks/latency_baselines.py [--size full|edge|tiny] [--batch-sizes 1,4] [--repeats 10]
                                                [--warmup 2] [--no-compile] [--omnissr-steps 3]
 Writes benchmarks/results/latency-baselines-<host>-<UTC>.json.
 """
@@ -68,10 +69,13 @@ class Timer:
 def build_models(size: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any, torch.Tensor]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from osr_export.synthetic import unet_config, vae_config
+    from osr_export.train import MODEL_SIZES
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(unet_config(size)).to(device, dtype).eval()  # type: ignore[arg-type]
-    vae = AutoencoderKL.from_config(vae_config(size)).to(device, dtype).eval()  # type: ignore[arg-type]
+    configs = ((MODEL_SIZES[size].unet_config(), MODEL_SIZES[size].vae_config()) if size == "edge"
+               else (unet_config(size), vae_config(size)))
+    unet = UNet2DConditionModel.from_config(configs[0]).to(device, dtype).eval()  # type: ignore[arg-type]
+    vae = AutoencoderKL.from_config(configs[1]).to(device, dtype).eval()  # type: ignore[arg-type]
     prompt = torch.randn(1, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
     return unet, vae, prompt
 
@@ -138,9 +142,10 @@ def reset_peak(device: torch.device) -> None:
 
 def main(argv: list[str] | None = None) -> tuple[dict[str, Any], Path]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=("full", "tiny"), default="full", help="SD2.1-base size or tiny widths")
+    parser.add_argument("--size", choices=("full", "edge", "tiny"), default="full",
+                        help="SD2.1-base size, the default model's (edge), or tiny widths")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default %(default)s)")
-    parser.add_argument("--tile", type=int, default=None, help="tile size in px (default: 512 full, 64 tiny)")
+    parser.add_argument("--tile", type=int, default=None, help="tile size in px (default: 64 tiny, else 512)")
     parser.add_argument("--batch-sizes", default="1,4", help="one-step batch sizes (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
@@ -149,15 +154,15 @@ def main(argv: list[str] | None = None) -> tuple[dict[str, Any], Path]:
     parser.add_argument("--omnissr-steps", type=int, default=3, help="multi-step sampler steps measured (K)")
     parser.add_argument("--omnissr-batch", type=int, default=1, help="patches per call in the multi-step sampler")
     parser.add_argument("--lq-height", type=int, default=None,
-                        help="LQ ERP height for the bicubic job (default: 512 full, 64 tiny)")
+                        help="LQ ERP height for the bicubic job (default: 64 tiny, else 512)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    tile = args.tile or (512 if args.size == "full" else 64)
-    lq_height = args.lq_height or (512 if args.size == "full" else 64)
+    tile = args.tile or (64 if args.size == "tiny" else 512)
+    lq_height = args.lq_height or (64 if args.size == "tiny" else 512)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     timer = Timer(device)
     gen = torch.Generator(device="cpu").manual_seed(0)

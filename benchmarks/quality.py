@@ -29,19 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, versions, write_result  # noqa: E402
 
 from osr_sdk.metrics import psnr, ssim, ws_psnr, ws_ssim  # noqa: E402
-from osr_sdk.tiling import bicubic_crop  # noqa: E402
+from osr_sdk.tiling import bicubic_upscale  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ERP_PHOTO = "erp/pannellum_examplepano.jpg"
 PLANAR_SETS = ("Set14", "BSD100")
 TARGET_DB, TARGET_SSIM = 1.0, 0.03
-
-
-def bicubic_x4(lq: np.ndarray, scale: int = 4) -> np.ndarray:
-    """uint8 ×scale bicubic upsample (Keys, a = −0.75, as torch's bicubic)."""
-    h, w = lq.shape[:2]
-    up = bicubic_crop(lq.astype(np.float32) / 255, 0, 0, h * scale, w * scale, scale)
-    return np.rint(np.clip(np.moveaxis(up, 0, -1), 0, 1) * 255).astype(np.uint8)
 
 
 def load_rgb(path: Path) -> np.ndarray:
@@ -52,7 +45,7 @@ def evaluate(name: str, hq: np.ndarray, lq: np.ndarray, upscaler, erp: bool) -> 
     """Scores of bicubic and (when given) the model on one image."""
     metric_psnr, metric_ssim = (ws_psnr, ws_ssim) if erp else (psnr, ssim)
     row: dict = {"image": name, "hq_hw": list(hq.shape[:2]), "lq_hw": list(lq.shape[:2])}
-    bic = bicubic_x4(lq)
+    bic = bicubic_upscale(lq, 4)
     row["bicubic"] = {"psnr": metric_psnr(bic, hq), "ssim": metric_ssim(bic, hq)}
     if upscaler is not None:
         start = time.perf_counter()

@@ -93,6 +93,29 @@ def test_bench_cli_writes_json_and_plot(random_tiny_bundle: Path, tmp_path: Path
         assert len(pngs) == 1 and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bench_keeps_tile_figures_when_the_job_fails(random_tiny_bundle: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A whole-job failure (as the H100 run's non-finite fp16 output) still writes the JSON with the
+    tile figures and the error, and the CLI exits 1."""
+    import osr_sdk.bench
+    from osr_sdk.cli import main
+    from osr_sdk.errors import InputError
+
+    def failing_job(*_args: object) -> dict[str, float]:
+        raise InputError("patches contains NaN or Inf values")
+
+    monkeypatch.setattr(osr_sdk.bench, "_job_stages", failing_job)
+    out = tmp_path / "results"
+    code = main(["bench", str(random_tiny_bundle), "--providers", "cpu", "--batch-sizes", "1", "--repeats", "1",
+                 "--warmup", "0", "--lq-height", "16", "--out-dir", str(out), "--no-plot"])
+    assert code == 1
+    assert "whole job failed" in capsys.readouterr().out
+    result = json.loads(next(out.glob("bench-*.json")).read_text())
+    assert result["per_tile_ms"]["total"] > 0 and result["erp_job_s"] is None
+    assert result["erp_job"]["error"] == result["runs"][0]["job_error"] == "InputError: patches contains NaN or Inf values"
+
+
 def test_bench_rejects_bad_arguments(random_tiny_bundle: Path, tmp_path: Path) -> None:
     from osr_sdk.bench import run_bench
     from osr_sdk.errors import InputError

@@ -98,3 +98,30 @@ def test_edge_size_fits_the_bundle_budget() -> None:
     model = OneStepTrainModel(MODEL_SIZES["edge"], 273)
     params = sum(p.numel() for p in model.parameters())
     assert params * 2 <= 18e6  # fp16 bytes, under the 20 MB bundle limit with room for the folded constants
+
+
+def test_batch_repeats_resume_and_warm_start(tmp_path: Path) -> None:
+    """With batch_repeats=2 a run resumed at an odd step logs the same losses as an uninterrupted
+    one; `init` warm-starts from a model/ folder (the same weights, so the same first loss)."""
+    from osr_export.errors import ExportError
+
+    data = _write_images(tmp_path / "data")
+    config = TrainConfig(data=(str(data),), out=str(tmp_path / "a"), size="tiny", crop=32, batch_size=2,
+                         batch_repeats=2, max_steps=6, workers=0, log_every=1, device="cpu")
+    whole = train(config)
+    train(replace(config, out=str(tmp_path / "b"), max_steps=3))
+    resumed = train(replace(config, out=str(tmp_path / "b")))
+    assert whole.step == resumed.step == 6
+
+    def losses(run: str) -> list[float]:
+        return [json.loads(line)["loss"] for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+
+    assert losses("a") == losses("b")
+    assert len(set(losses("a"))) == 6  # the flips/rotations make the repeated batches differ
+    # warm start: the saved weights give the loss the trained model had, not a fresh model's
+    probe = replace(config, out=str(tmp_path / "c"), max_steps=1, batch_repeats=1, lr=1e-12)
+    fresh = train(probe).last_losses["loss"]
+    warm = train(replace(probe, out=str(tmp_path / "d"), init=str(tmp_path / "a" / "model"))).last_losses["loss"]
+    assert warm != pytest.approx(fresh, rel=1e-3)
+    with pytest.raises(ExportError, match="cannot warm-start"):
+        train(replace(probe, out=str(tmp_path / "e"), init=str(tmp_path / "missing")))

@@ -267,12 +267,13 @@ def test_bad_images_leave_no_output(upscaler, tmp_path, case):
     assert [p.name for p in tmp_path.iterdir() if p.name != "in.png"] == []
 
 
-def test_bad_bundles(tmp_path, tiny_bundle):
+def test_bad_bundles(tmp_path, tiny_bundle, monkeypatch):
     with pytest.raises(BundleError):
         osr_sdk.Upscaler(tmp_path / "nowhere")
-    if not osr_sdk.upscaler.default_model_path().is_dir():
-        with pytest.raises(BundleError, match="no embedded default model"):
-            osr_sdk.Upscaler()
+    monkeypatch.setattr(osr_sdk.upscaler, "default_model_path", lambda: tmp_path / "no-default")
+    with pytest.raises(BundleError, match="no embedded default model"):
+        osr_sdk.Upscaler()
+    monkeypatch.undo()
     with pytest.raises(ModelMismatchError, match="×4"):
         osr_sdk.upscale(sample_erp(16), model=tiny_bundle, scale=2, providers=["cpu"])
 

@@ -82,7 +82,9 @@ def _add_train_parser(sub: Any) -> None:
                    help="folder or file names never trained on (default: %(default)s)")
     for flag, kind, help_text in (
         ("--crop", int, "HQ crop size in pixels"), ("--scale", int, "degradation scale"),
-        ("--batch-size", int, "crops per step"), ("--max-steps", int, "total optimizer steps of the run"),
+        ("--batch-size", int, "crops per step"),
+        ("--batch-repeats", int, "optimizer steps per degraded batch (each on a flip/rotation of it)"),
+        ("--max-steps", int, "total optimizer steps of the run"),
         ("--lr", float, "peak AdamW learning rate"), ("--weight-decay", float, "AdamW weight decay"),
         ("--warmup-steps", int, "linear warm-up steps before the cosine decay"),
         ("--timestep", int, "mid-timestep t*"), ("--w-l1", float, "pixel L1 weight"),
@@ -100,6 +102,8 @@ def _add_train_parser(sub: Any) -> None:
                    help="stop (checkpoint and model/ written) after this many seconds; run again to resume")
     t.add_argument("--save-dtype", choices=("fp32", "fp16"), default=d.save_dtype,
                    help="dtype of the weights in model/ (default %(default)s)")
+    t.add_argument("--init", default=None,
+                   help="warm start from the model/ folder of an earlier run (weights only; fresh optimizer)")
     t.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
     t.add_argument("--device", default=d.device, help="torch device: auto, cpu, cuda (default %(default)s)")
 

@@ -55,6 +55,7 @@ __all__ = [
     "TrainResult",
     "alpha_bar",
     "find_images",
+    "load_model_weights",
     "prepare_data",
     "save_model",
     "ssim",
@@ -335,6 +336,9 @@ class TrainConfig:
     crop: int = 256
     scale: int = 4
     batch_size: int = 16
+    #: optimizer steps per degraded batch, each on another flip/rotation of it (GPU-side): more
+    #: steps per second when the CPU degradation, not the GPU, limits the rate
+    batch_repeats: int = 1
     max_steps: int = 20000
     lr: float = 2e-4
     weight_decay: float = 1e-2
@@ -355,6 +359,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     time_limit_s: float | None = None
     save_dtype: Literal["fp32", "fp16"] = "fp32"
+    #: warm start: a ``model/`` folder of an earlier run (weights only; fresh optimizer and schedule)
+    init: str | None = None
 
 
 @dataclass
@@ -371,9 +377,9 @@ def _check_config(c: TrainConfig) -> None:
         raise ExportError(f"unknown model size {c.size!r}; choose one of {sorted(MODEL_SIZES)}")
     if c.crop < 8 * c.scale or c.crop % 8 or (c.crop // c.scale) < 2:
         raise ExportError(f"crop must be a multiple of 8 and at least {8 * c.scale}, got {c.crop}")
-    if c.batch_size < 1 or c.max_steps < 0 or c.lr <= 0:
-        raise ExportError(f"batch_size >= 1, max_steps >= 0 and lr > 0 are needed, got "
-                          f"{c.batch_size}, {c.max_steps}, {c.lr}")
+    if c.batch_size < 1 or c.batch_repeats < 1 or c.max_steps < 0 or c.lr <= 0:
+        raise ExportError(f"batch_size >= 1, batch_repeats >= 1, max_steps >= 0 and lr > 0 are needed, got "
+                          f"{c.batch_size}, {c.batch_repeats}, {c.max_steps}, {c.lr}")
     if not 0 <= c.timestep < 1000:
         raise ExportError(f"timestep must lie in [0, 1000), got {c.timestep}")
     if c.prompt not in ("learned", "zero") or c.save_dtype not in ("fp32", "fp16"):
@@ -437,6 +443,30 @@ def _trim_log(log: Path, step: int) -> None:
     log.write_text("".join(ln + "\n" for ln in keep))
 
 
+def _dihedral(batch: torch.Tensor, step: int, seed: int) -> torch.Tensor:
+    """One of the 8 flips/rotations of a (N,C,H,W) batch, a pure function of (seed, step)."""
+    k = int(np.random.default_rng([seed, step, 8]).integers(8))
+    batch = torch.rot90(batch, k % 4, dims=(-2, -1))
+    return batch.flip(-1) if k >= 4 else batch
+
+
+def load_model_weights(model: OneStepTrainModel, folder: str | os.PathLike[str]) -> None:
+    """Load ``unet/ vae/ prompt_embedding.safetensors`` written by `save_model` into ``model``
+    (same size; raises `ExportError` on a missing file or a shape mismatch)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        for name, module in (("unet", model.unet), ("vae", model.vae)):
+            state = load_file(str(folder / name / "diffusion_pytorch_model.safetensors"))
+            module.load_state_dict({k: v.float() for k, v in state.items()})
+        prompt = load_file(str(folder / "prompt_embedding.safetensors"))[PROMPT_KEY]
+        with torch.no_grad():
+            model.prompt.copy_(prompt)
+    except (OSError, RuntimeError, KeyError) as exc:
+        raise ExportError(f"cannot warm-start from {folder}: {exc}") from exc
+
+
 def train(config: TrainConfig, progress: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
     """Train (or resume, when ``config.out/checkpoint.pt`` exists) until ``max_steps`` or the time limit.
 
@@ -475,13 +505,15 @@ def train(config: TrainConfig, progress: Callable[[dict[str, float]], None] | No
         _set_rng_state(ckpt["rng"])
         step = int(ckpt["step"])
         del ckpt
+    elif config.init is not None:
+        load_model_weights(model, config.init)
     _trim_log(log_path, step)
     (out / "config.json").write_text(json.dumps({**asdict(config), "images": len(images),
                                                  "skipped_small": [str(p) for p in skipped]}, indent=2))
     # 4. loop
     loader = torch.utils.data.DataLoader(
         DegradedCrops(images, config.crop, config.scale, config.seed), batch_size=config.batch_size,
-        sampler=_StepSampler(step * config.batch_size), num_workers=config.workers,
+        sampler=_StepSampler(step // config.batch_repeats * config.batch_size), num_workers=config.workers,
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
     use_amp = config.amp and device.type == "cuda"
@@ -491,12 +523,17 @@ def train(config: TrainConfig, progress: Callable[[dict[str, float]], None] | No
     last: dict[str, float] = {}
     finished = step >= config.max_steps
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = iter(loader) if not finished else iter(())
+    pair, data_wait = torch.empty(0), 0.0
     with open(log_path, "a") as log:
         while step < config.max_steps:
             if config.time_limit_s is not None and time.monotonic() - start_time > config.time_limit_s:
                 break
-            lq_up, hq = next(batches)
-            lq_up, hq = lq_up.to(device, non_blocking=True), hq.to(device, non_blocking=True)
+            if step % config.batch_repeats == 0 or not len(pair):  # a new degraded batch
+                t0 = time.monotonic()
+                pair = torch.cat(next(batches), dim=1).to(device, non_blocking=True)  # (N, 6, H, W)
+                data_wait += time.monotonic() - t0
+            batch = pair if step % config.batch_repeats == 0 else _dihedral(pair, step, config.seed)
+            lq_up, hq = batch[:, :3], batch[:, 3:]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 outputs = model(lq_up, hq)
             parts = _losses(config, outputs, hq)
@@ -509,7 +546,8 @@ def train(config: TrainConfig, progress: Callable[[dict[str, float]], None] | No
             if step % config.log_every == 0 or step == config.max_steps:
                 last = {k: round(float(v.detach()), 6) for k, v in parts.items()}
                 entry = {"step": step, **last, "grad_norm": round(float(grad_norm), 4),
-                         "lr": opt.param_groups[0]["lr"], "elapsed_s": round(time.monotonic() - start_time, 2)}
+                         "lr": opt.param_groups[0]["lr"], "elapsed_s": round(time.monotonic() - start_time, 2),
+                         "data_wait_s": round(data_wait, 2)}
                 log.write(json.dumps(entry) + "\n")
                 log.flush()
                 if progress is not None:

@@ -48,7 +48,7 @@ from osr_runtime.nvml import Nvml
 from osr_runtime.session import ProviderSpec
 
 from osr_sdk import sphere
-from osr_sdk.errors import InputError
+from osr_sdk.errors import InputError, OsrError
 from osr_sdk.upscaler import STAGES
 
 __all__ = ["GRAPH_STAGES", "JOB_STAGES", "format_table", "run_bench", "write_plot"]
@@ -219,34 +219,37 @@ def _bench_batch(bundle: Any, providers: Sequence[ProviderSpec] | None, batch_si
     per_tile = {k: v / batch_size for k, v in batch_ms.items()}
     per_tile["total"] = sum(per_tile[s] for s in GRAPH_STAGES)
     log(f"  batch {batch_size}: {per_tile['total']:.2f} ms per tile (graphs)")
-    # 2. the job, stage by stage
-    out_path = folder / "out_stages.jpg"
-    stage_runs = _repeat(lambda: _job_stages(upscaler, lq_path, out_path), repeats, warmup)
-    stages = _median_dicts(stage_runs)
-    # 3. the job end to end, as a user runs it
-    job_path = folder / "out_job.jpg"
-
-    def job() -> float:
-        begin = time.perf_counter()
-        upscaler.upscale(lq_path, output=job_path, overwrite=True)
-        return time.perf_counter() - begin
-
-    job_runs = _repeat(job, repeats, warmup)
-    log(f"  batch {batch_size}: whole job {statistics.median(job_runs):.3f} s")
-    peak = memory.peak()
-    result = {
+    result: dict[str, Any] = {
         "batch_size": batch_size,
         "providers_in_use": dict(upscaler.session.providers_in_use),
         "session_create_s": session_s,
         "tile_batch_ms": batch_ms,
         "per_tile_ms": per_tile,
         "tile_all_ms": [{k: v * 1e3 for k, v in r.items()} for r in tile_runs],
-        "job_stages_s": stages,
-        "job_stages_all_s": stage_runs,
-        "job_s": {"median": statistics.median(job_runs), "min": min(job_runs), "all": job_runs},
-        "peak_host_rss_mib": round(_peak_rss_mib(), 1),
-        "peak_device_used_mib": None if peak is None else round(peak / 2**20, 1),
+        "job_stages_s": None, "job_stages_all_s": None, "job_s": None, "job_error": None,
     }
+    try:
+        # 2. the job, stage by stage
+        out_path = folder / "out_stages.jpg"
+        stage_runs = _repeat(lambda: _job_stages(upscaler, lq_path, out_path), repeats, warmup)
+        result.update(job_stages_s=_median_dicts(stage_runs), job_stages_all_s=stage_runs)
+        # 3. the job end to end, as a user runs it
+        job_path = folder / "out_job.jpg"
+
+        def job() -> float:
+            begin = time.perf_counter()
+            upscaler.upscale(lq_path, output=job_path, overwrite=True)
+            return time.perf_counter() - begin
+
+        job_runs = _repeat(job, repeats, warmup)
+        result["job_s"] = {"median": statistics.median(job_runs), "min": min(job_runs), "all": job_runs}
+        log(f"  batch {batch_size}: whole job {statistics.median(job_runs):.3f} s")
+    except OsrError as exc:  # e.g. non-finite model output: keep the tile figures, record why the job failed
+        result["job_error"] = f"{type(exc).__name__}: {exc}"
+        log(f"  batch {batch_size}: whole job FAILED: {result['job_error']}")
+    peak = memory.peak()
+    result["peak_host_rss_mib"] = round(_peak_rss_mib(), 1)
+    result["peak_device_used_mib"] = None if peak is None else round(peak / 2**20, 1)
     return result
 
 
@@ -312,10 +315,11 @@ def run_bench(
         },
         "per_tile_ms": {**{s: best["per_tile_ms"][s] for s in (*GRAPH_STAGES, "total")},
                         "batch_size": best["batch_size"], "tile_hw": [m.patch_size, m.patch_size]},
-        "erp_job_s": best["job_s"]["median"],
+        "erp_job_s": best["job_s"]["median"] if best["job_s"] else None,
         "erp_job": {"lq_hw": [lq_height, 2 * lq_height], "out_hw": out_hw, "tiles": len(layout),
-                    "batch_size": best["batch_size"], "median_s": best["job_s"]["median"],
-                    "min_s": best["job_s"]["min"], "stages_s": best["job_stages_s"]},
+                    "batch_size": best["batch_size"], "median_s": (best["job_s"] or {}).get("median"),
+                    "min_s": (best["job_s"] or {}).get("min"), "stages_s": best["job_stages_s"],
+                    "error": best["job_error"]},
         "machine": machine_info(gpu),
         "versions": _versions(),
         "onnxruntime_providers_available": ort.get_available_providers(),
@@ -374,14 +378,18 @@ def format_table(result: dict[str, Any]) -> str:
                  f"{job['tiles']} tiles (s)")
     for stage in (*JOB_STAGES, "total"):
         label = "decoder (+colour fix)" if stage == "decoder" else stage
-        lines.append(f"  {label:20s}" + "".join(f"{r['job_stages_s'][stage]:12.3f}" for r in runs))
-    lines.append(f"  {'upscale() end to end':20s}" + "".join(f"{r['job_s']['median']:12.3f}" for r in runs))
+        lines.append(f"  {label:20s}" + "".join(f"{r['job_stages_s'][stage]:12.3f}" if r["job_stages_s"]
+                                                else f"{'failed':>12s}" for r in runs))
+    lines.append(f"  {'upscale() end to end':20s}" + "".join(f"{r['job_s']['median']:12.3f}" if r["job_s"]
+                                                             else f"{'failed':>12s}" for r in runs))
     lines.append(f"  {'peak host RSS (MiB)':20s}" + "".join(f"{r['peak_host_rss_mib']:12.0f}" for r in runs))
     if any(r["peak_device_used_mib"] is not None for r in runs):
         lines.append(f"  {'peak GPU used (MiB)':20s}"
                      + "".join(f"{r['peak_device_used_mib'] or 0:12.0f}" for r in runs))
+    job_text = (f"{result['erp_job_s']:.3f} s" if result["erp_job_s"] is not None
+                else f"failed ({result['erp_job']['error']})")
     lines.append(f"best: batch {result['per_tile_ms']['batch_size']}: {result['per_tile_ms']['total']:.2f} ms "
-                 f"per tile, whole job {result['erp_job_s']:.3f} s")
+                 f"per tile, whole job {job_text}")
     return "\n".join(lines)
 
 
@@ -406,11 +414,12 @@ def write_plot(result: dict[str, Any], path: str | os.PathLike[str]) -> Path | N
     ax1.set_title(f"graphs per {result['per_tile_ms']['tile_hw'][0]}² tile")
     ax1.legend()
     bottom = np.zeros(len(runs))
-    for stage in JOB_STAGES:
-        values = np.array([r["job_stages_s"][stage] for r in runs])
+    for stage in JOB_STAGES:  # a failed job (see runs[i]["job_error"]) shows as an empty bar
+        values = np.array([r["job_stages_s"][stage] if r["job_stages_s"] else 0.0 for r in runs])
         ax2.bar(labels, values, bottom=bottom, label=stage)
         bottom += values
-    ax2.plot(labels, [r["job_s"]["median"] for r in runs], "k^", label="upscale() end to end")
+    ax2.plot(labels, [r["job_s"]["median"] if r["job_s"] else np.nan for r in runs], "k^",
+             label="upscale() end to end")
     job = result["erp_job"]
     ax2.set_ylabel("seconds")
     ax2.set_title(f"360° job {job['lq_hw'][1]}×{job['lq_hw'][0]} → {job['out_hw'][1]}×{job['out_hw'][0]}")

@@ -46,6 +46,14 @@ def bicubic_crop(image: np.ndarray, y0: int, x0: int, out_h: int, out_w: int, sc
     return np.einsum("yi,ijc,xj->cyx", wy, region, wx, optimize=True).astype(np.float32)
 
 
+def bicubic_upscale(image: np.ndarray, scale: int) -> np.ndarray:
+    """×scale bicubic upsample (Keys, a = −0.75, as torch's) of a uint8 (H, W, 3) image, as uint8:
+    the image the model starts from, for comparisons."""
+    h, w = image.shape[:2]
+    up = bicubic_crop(image.astype(np.float32) / 255, 0, 0, h * scale, w * scale, scale)
+    return np.rint(np.clip(np.moveaxis(up, 0, -1), 0, 1) * 255).astype(np.uint8)
+
+
 def feather_window(height: int, width: int, overlap: int, top: bool, bottom: bool, left: bool, right: bool) -> np.ndarray:
     """(height, width) blend weights: a ramp over `overlap` px on each side that has a neighbour."""
 

@@ -44,13 +44,17 @@ COLOR_FIXES: tuple[str, ...] = ("adain", "wavelet", "none")
 
 
 def adain_color_fix(target: torch.Tensor, source: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Give ``target`` the per-channel mean and std of ``source`` (both (N,C,H,W))."""
+    """Give ``target`` the per-channel mean and (population) std of ``source`` (both (N,C,H,W)).
+
+    fp16-safe: the variances are means of squared deviations, with no pixel count in the graph.
+    Both a sum over a 512² patch and the count itself (262,144) overflow fp16 (65504), and fp16
+    graphs run this in fp16 on the GPU.
+    """
     t = target.flatten(2)
     s = source.flatten(2)
     t_mean, s_mean = t.mean(-1, keepdim=True), s.mean(-1, keepdim=True)
-    n = t.shape[-1]
-    t_std = (((t - t_mean) ** 2).sum(-1, keepdim=True) / (n - 1) + eps).sqrt()
-    s_std = (((s - s_mean) ** 2).sum(-1, keepdim=True) / (n - 1) + eps).sqrt()
+    t_std = (((t - t_mean) ** 2).mean(-1, keepdim=True) + eps).sqrt()
+    s_std = (((s - s_mean) ** 2).mean(-1, keepdim=True) + eps).sqrt()
     out = (t - t_mean) / t_std * s_std + s_mean
     return out.reshape(target.shape)
 

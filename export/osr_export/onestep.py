@@ -100,17 +100,21 @@ def wavelet_color_fix(target: torch.Tensor, source: torch.Tensor, kernel: torch.
 # attention
 
 
-class ExplicitAttnProcessor(nn.Module):
-    """Attention as matmul → softmax (in fp32) → matmul, for diffusers ``Attention`` modules.
-
-    Equal to diffusers' SDPA processor up to rounding; used so that the exported graph has an
-    explicit Softmax whose inputs the fp16 conversion keeps in fp32.
-    """
+class _AttnProcessorModule(nn.Module):
+    """An ``nn.Module`` that diffusers ``Attention`` accepts as its processor."""
 
     # diffusers passes only the keyword arguments that the processor's __call__ names
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None) -> torch.Tensor:
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask)
+
+
+class ExplicitAttnProcessor(_AttnProcessorModule):
+    """Attention as matmul → softmax (in fp32) → matmul, for diffusers ``Attention`` modules.
+
+    Equal to diffusers' SDPA processor up to rounding; used so that the exported graph has an
+    explicit Softmax whose inputs the fp16 conversion keeps in fp32.
+    """
 
     def forward(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -125,7 +129,7 @@ class ExplicitAttnProcessor(nn.Module):
         return _finish(attn, out, residual, restore)
 
 
-class FoldedCrossAttnProcessor(nn.Module):
+class FoldedCrossAttnProcessor(_AttnProcessorModule):
     """Cross-attention on a constant context: K (pre-scaled, transposed) and V are buffers."""
 
     key_t: torch.Tensor
@@ -139,10 +143,6 @@ class FoldedCrossAttnProcessor(nn.Module):
             key_t, value = _project_kv(attn, context)
         self.register_buffer("key_t", key_t.contiguous())  # (1, heads, head_dim, L)
         self.register_buffer("value", value.contiguous())  # (1, heads, L, head_dim)
-
-    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None) -> torch.Tensor:
-        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask)
 
     def forward(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:

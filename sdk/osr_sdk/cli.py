@@ -21,7 +21,7 @@ from typing import get_args
 import numpy as np
 
 from osr_sdk import imageio
-from osr_sdk.errors import OsrError
+from osr_sdk.errors import OsrError, OutputExistsError
 
 SAMPLE_ERP = Path(__file__).resolve().parent / "data" / "sample_erp.jpg"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff"}
@@ -93,7 +93,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not args.overwrite:
         for path in (result_path, compare_path):
             if path.exists():
-                raise OsrError(f"{path} exists; pass --overwrite to replace it")
+                raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
     _, report = upscaler.upscale_with_report(SAMPLE_ERP, output=result_path, overwrite=args.overwrite,
                                              progress=not args.quiet)
     print(f"{SAMPLE_ERP} → {result_path}: {report.summary()}")
